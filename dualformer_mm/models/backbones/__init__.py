@@ -1,0 +1,3 @@
+from .dualformer import DualAttentionBlock, DualFormer, MBConv, PartitionAttention
+
+__all__ = ['DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv']

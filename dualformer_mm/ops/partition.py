@@ -1,0 +1,142 @@
+# Copyright (c) dualformer-mm contributors.
+"""Partition ops of Multi-Head Partition Attention (paper section 3.2, eqs. 4-9).
+
+Pure-PyTorch reference implementations. They are the test oracle for compiled kernels and
+the path the model runs when no extension is built. All ops work on a batch of independent
+"groups" (batch x heads) so one call serves every head at once.
+
+Shapes used throughout:
+    x:      (G, N, D) token features, G = batch * heads, N tokens, D channels per head.
+    codes:  (G, N) int64 partition index in [0, K).
+    pooled: (G, K, D) one feature per partition.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+def lsh_hash_pytorch(x: Tensor, planes: Tensor) -> Tensor:
+    """Hash tokens to partition codes with random hyperplanes (eqs. 4-5).
+
+    Bit ``b`` of a token's code is ``1`` when the token lies on the positive side of
+    hyperplane ``b``; the code is ``sum_b 2**b * bit_b``, so ``P`` planes give ``2**P``
+    partitions.
+
+    Args:
+        x (Tensor): Tokens of shape (G, N, D) or (B, H, N, D).
+        planes (Tensor): Hyperplane normals of shape (D, P) shared by all groups, or
+            (H, D, P) with one set per head when ``x`` is (B, H, N, D).
+
+    Returns:
+        Tensor: int64 codes of shape ``x.shape[:-1]``.
+    """
+    if planes.dim() == 3:
+        # (B, H, N, D) x (H, D, P) -> (B, H, N, P)
+        proj = torch.einsum('bhnd,hdp->bhnp', x, planes.to(x.dtype))
+    else:
+        proj = torch.matmul(x, planes.to(x.dtype))
+    bits = (proj >= 0).long()
+    weights = 2 ** torch.arange(planes.shape[-1], device=x.device, dtype=torch.long)
+    return (bits * weights).sum(-1)
+
+
+def _flat_index(codes: Tensor, num_partitions: int) -> Tensor:
+    """Offset each group's codes so that all groups index one (G*K) axis."""
+    groups = codes.shape[0]
+    offsets = torch.arange(groups, device=codes.device).unsqueeze(1) * num_partitions
+    return (codes + offsets).reshape(-1)
+
+
+def partition_count_pytorch(codes: Tensor, num_partitions: int) -> Tensor:
+    """Number of tokens in each partition, shape (G, K), in the dtype int64."""
+    groups = codes.shape[0]
+    flat = _flat_index(codes, num_partitions)
+    counts = torch.zeros(groups * num_partitions, dtype=torch.long, device=codes.device)
+    counts.index_add_(0, flat, torch.ones_like(flat))
+    return counts.view(groups, num_partitions)
+
+
+def partition_mean_pytorch(x: Tensor, codes: Tensor, num_partitions: int) -> Tuple[Tensor, Tensor]:
+    """Mean of the tokens of each partition (eq. 8); an empty partition gives zeros.
+
+    Returns:
+        tuple[Tensor, Tensor]: means (G, K, D) and counts (G, K) int64.
+    """
+    groups, _, dim = x.shape
+    flat = _flat_index(codes, num_partitions)
+    # Accumulate in fp32 at least: a half-precision sum over thousands of tokens overflows.
+    acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    sums = x.new_zeros(groups * num_partitions, dim, dtype=acc_dtype)
+    sums.index_add_(0, flat, x.reshape(-1, dim).to(acc_dtype))
+    counts = partition_count_pytorch(codes, num_partitions)
+    means = sums.view(groups, num_partitions, dim) / counts.clamp(min=1).unsqueeze(-1)
+    return means.to(x.dtype), counts
+
+
+def partition_softmax_pool_pytorch(scores: Tensor, values: Tensor, codes: Tensor,
+                                   num_partitions: int) -> Tensor:
+    """Softmax-weighted pooling of ``values`` inside each partition (eqs. 6-7).
+
+    For each channel ``c`` and partition ``k``:
+    ``out[k, c] = sum_{i in k} softmax_{i in k}(scores[:, c])_i * values[i, c]``.
+    An empty partition gives zeros.
+
+    Args:
+        scores (Tensor): (G, N, D) attention logits per token and channel.
+        values (Tensor): (G, N, D) values to pool.
+        codes (Tensor): (G, N) partition codes.
+        num_partitions (int): K.
+
+    Returns:
+        Tensor: (G, K, D) pooled features.
+    """
+    groups, _, dim = scores.shape
+    flat = _flat_index(codes, num_partitions)
+    acc_dtype = torch.promote_types(scores.dtype, torch.float32)
+    s = scores.reshape(-1, dim).to(acc_dtype)
+    v = values.reshape(-1, dim).to(acc_dtype)
+    idx = flat.unsqueeze(1).expand(-1, dim)
+    # Subtract the per-partition max so exp() cannot overflow; the max is not differentiated
+    # (softmax is invariant to it), which keeps the gradient exact.
+    peak = s.new_full((groups * num_partitions, dim), float('-inf'))
+    peak = peak.scatter_reduce(0, idx, s.detach(), reduce='amax', include_self=True)
+    e = torch.exp(s - peak.index_select(0, flat))
+    denom = s.new_zeros(groups * num_partitions, dim).index_add(0, flat, e)
+    numer = s.new_zeros(groups * num_partitions, dim).index_add(0, flat, e * v)
+    out = numer / denom.clamp(min=torch.finfo(acc_dtype).tiny)
+    return out.view(groups, num_partitions, dim).to(values.dtype)
+
+
+def partition_distribute_pytorch(pooled: Tensor, codes: Tensor) -> Tensor:
+    """Give every token the feature of its partition: (G, K, D) -> (G, N, D)."""
+    groups, num_partitions, dim = pooled.shape
+    flat = _flat_index(codes, num_partitions)
+    return pooled.reshape(-1, dim).index_select(0, flat).view(*codes.shape, dim)
+
+
+def kmeans_assign_pytorch(x: Tensor, num_partitions: int, iters: int = 3) -> Tensor:
+    """K-Means partition codes (the alternative generator of Table 6).
+
+    Centroids start at evenly spaced tokens (deterministic) and are refined by ``iters``
+    Lloyd steps. The assignment is not differentiated, like the LSH codes.
+
+    Args:
+        x (Tensor): (G, N, D) tokens.
+        num_partitions (int): K; at most N is used when there are fewer tokens.
+        iters (int): Lloyd iterations.
+
+    Returns:
+        Tensor: (G, N) int64 codes.
+    """
+    with torch.no_grad():
+        xf = x.float()
+        groups, n, _ = xf.shape
+        start = torch.linspace(0, n - 1, num_partitions, device=x.device).round().long()
+        centroids = xf[:, start]  # (G, K, D)
+        for _ in range(iters):
+            codes = torch.cdist(xf, centroids).argmin(-1)
+            means, counts = partition_mean_pytorch(xf, codes, num_partitions)
+            # An emptied cluster keeps its old centroid instead of collapsing to the origin.
+            centroids = torch.where(counts.unsqueeze(-1) > 0, means, centroids)
+        return torch.cdist(xf, centroids).argmin(-1)

@@ -1,0 +1,8 @@
+"""Shared fixtures of the test suite."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Create .venv/ with the pinned stack of requirements/stack.txt and this package.
+#
+# Idempotent: a second run on the same machine takes seconds, because the mmcv wheel
+# (which only exists as source and takes ~11 min to compile on 2 cores) is cached
+# outside the repo, keyed by the torch and Python versions it was built against.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3.11}"
+VENV="${VENV:-$ROOT/.venv}"
+STACK="$ROOT/requirements/stack.txt"
+CACHE_ROOT="${DUALFORMER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dualformer-mm}"
+UV_VERSION="0.13.9"
+MMCV_VERSION="2.1.0"
+
+pin() {  # the pinned version of one package in the stack file
+    sed -n "s/^$1==\([^ #]*\).*/\1/p" "$STACK"
+}
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+
+# uv, not pip: this machine's pip config prefers a local torch+cpu wheel that breaks
+# torchvision; uv reads only the registry.
+if ! "$VENV/bin/uv" --version 2>/dev/null | grep -q "$UV_VERSION"; then
+    log "installing uv $UV_VERSION"
+    "$VPY" -m pip install -q "uv==$UV_VERSION"
+fi
+UV=("$VENV/bin/uv" pip install --python "$VPY")
+
+TORCH="$(pin torch)"
+log "installing torch $TORCH, torchvision and mmengine"
+"${UV[@]}" -q "torch==$TORCH" "torchvision==$(pin torchvision)" "mmengine==$(pin mmengine)" \
+    "setuptools<81" wheel ninja numpy pytest
+
+PYTAG="$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+WHEELS="$CACHE_ROOT/wheels/torch-$TORCH-$PYTAG"
+mkdir -p "$WHEELS"
+MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
+if [ -z "$MMCV_WHEEL" ]; then
+    log "building mmcv $MMCV_VERSION with ops against torch $TORCH (about 11 min on 2 cores)"
+    BUILD="$(mktemp -d)"
+    # mmcv's setup.py imports pkg_resources (kept by setuptools<81) and torch (no build isolation).
+    # FORCE_CUDA=0: mmcv's CUDA ops would need a GPU to test; our own ops carry the CUDA code.
+    MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        "$VPY" -m pip wheel --no-deps --no-build-isolation --no-binary mmcv \
+        --index-url https://pypi.org/simple "mmcv==$MMCV_VERSION" -w "$BUILD"
+    mv "$BUILD"/mmcv-*.whl "$WHEELS"/
+    rm -rf "$BUILD"
+    MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl | head -n1)"
+else
+    log "using cached $MMCV_WHEEL"
+fi
+
+log "installing mmcv, the toolboxes and test dependencies"
+"${UV[@]}" -q "$MMCV_WHEEL" -r "$STACK" -r "$ROOT/requirements/tests.txt"
+
+log "installing dualformer_mm (editable)"
+"${UV[@]}" -q --no-build-isolation -e "$ROOT"
+
+"$VPY" - <<'PY'
+import torch, torchvision, mmengine, mmcv, mmcv.ops, mmdet, mmseg, mmpretrain, dualformer_mm
+print(f"[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, "
+      f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, "
+      f"mmseg {mmseg.__version__}, mmpretrain {mmpretrain.__version__}")
+PY

@@ -9,5 +9,10 @@ needed to import it.
 __version__ = '0.1.0'
 
 from .models import DualAttentionBlock, DualFormer, MBConv, PartitionAttention  # noqa: E402
+from .utils.checkpoint import allow_mmengine_checkpoints  # noqa: E402
+
+# torch >= 2.6 loads checkpoints with weights_only=True; let mmengine's own checkpoints through
+# (exact types only) so resume and load_from work without weakening that protection.
+allow_mmengine_checkpoints()
 
 __all__ = ['DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', '__version__']

@@ -242,3 +242,12 @@ def test_partition_is_input_dependent():
     codes = attn.partition_codes(tokens)
     assert codes.shape == (2, 1, 100)
     assert len(codes.unique()) > 2  # tokens spread over several partitions
+
+
+def test_pretrained_without_checkpoint_falls_back_to_default_init():
+    model = DualFormer(arch='t', init_cfg=dict(type='Pretrained', checkpoint=None,
+                                               prefix='backbone.'))
+    assert model.init_cfg[0]['type'] == 'TruncNormal'
+    model.init_weights()
+    assert model.stages[1].blocks[0].ffn[0].weight.detach().std().item() == pytest.approx(
+        0.02, rel=0.2)

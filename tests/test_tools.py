@@ -1,0 +1,340 @@
+"""The tools on tiny data in the real formats: dist train/test with 2 CPU processes (gloo),
+resume, the classifier-to-backbone converter, the demos and the toolboxes' inferencers.
+
+Each dataset is a few 64-96 px images the test writes itself; the configs are the real ones,
+inherited by a small override file that points them at the data and shrinks the images.
+"""
+import importlib.util
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dualformer_mm  # noqa: F401  (allow-lists mmengine checkpoint types for torch.load)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PYTHON = sys.executable
+GLOO_LINE = "distributed backend 'nccl' replaced by 'gloo', 2 CPU processes"
+
+
+def _image(rng: np.random.Generator, size: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def make_imagenet(root: Path, num: int = 4, size: int = 64) -> Path:
+    """ImageNet layout: train/<wnid>/*.JPEG, val/*.JPEG and meta/{train,val}.txt."""
+    rng = np.random.default_rng(0)
+    (root / 'meta').mkdir(parents=True)
+    lines = {'train': [], 'val': []}
+    for i in range(num):
+        wnid = f'n0000000{i}'
+        (root / 'train' / wnid).mkdir(parents=True)
+        name = f'{wnid}/{wnid}_{i}.JPEG'
+        _image(rng, size).save(root / 'train' / name, format='JPEG')
+        lines['train'].append(f'{name} {i}')
+        (root / 'val').mkdir(exist_ok=True)
+        vname = f'ILSVRC2012_val_{i:08d}.JPEG'
+        _image(rng, size).save(root / 'val' / vname, format='JPEG')
+        lines['val'].append(f'{vname} {i}')
+    for split, rows in lines.items():
+        (root / 'meta' / f'{split}.txt').write_text('\n'.join(rows) + '\n')
+    return root
+
+
+def make_coco(root: Path, num: int = 4, size: int = 96) -> Path:
+    """COCO layout: {train,val}2017/*.jpg and annotations/instances_{split}.json (polygons)."""
+    rng = np.random.default_rng(0)
+    (root / 'annotations').mkdir(parents=True)
+    categories = [{'id': cid, 'name': name} for cid, name in ((1, 'person'), (2, 'bicycle'))]
+    for split in ('train2017', 'val2017'):
+        (root / split).mkdir()
+        images, annotations = [], []
+        for i in range(num):
+            name = f'{i:012d}.jpg'
+            _image(rng, size).save(root / split / name)
+            images.append({'id': i + 1, 'file_name': name, 'width': size, 'height': size})
+            for j in range(2):
+                x, y = (int(v) for v in rng.integers(0, size // 2, 2))
+                w, h = (int(v) for v in rng.integers(12, size // 2, 2))
+                annotations.append({
+                    'id': len(annotations) + 1, 'image_id': i + 1, 'category_id': j + 1,
+                    'bbox': [x, y, w, h], 'area': float(w * h), 'iscrowd': 0,
+                    'segmentation': [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+        ann = {'images': images, 'annotations': annotations, 'categories': categories}
+        (root / 'annotations' / f'instances_{split}.json').write_text(json.dumps(ann))
+    return root
+
+
+def make_ade20k(root: Path, num: int = 4, size: int = 64) -> Path:
+    """ADEChallengeData2016 layout: images/{training,validation}/*.jpg, annotations/*.png."""
+    rng = np.random.default_rng(0)
+    for split in ('training', 'validation'):
+        (root / 'images' / split).mkdir(parents=True)
+        (root / 'annotations' / split).mkdir(parents=True)
+        for i in range(num):
+            stem = f'ADE_{split[:5]}_{i:08d}'
+            _image(rng, size).save(root / 'images' / split / f'{stem}.jpg')
+            label = np.zeros((size, size), np.uint8)  # 0 = "other", ignored by reduce_zero_label
+            label[:size // 2] = 1 + i % 150
+            label[size // 2:, :size // 2] = 1 + (i + 7) % 150
+            Image.fromarray(label).save(root / 'annotations' / split / f'{stem}.png')
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _run(args, timeout=400, **env) -> subprocess.CompletedProcess:
+    environ = dict(os.environ, PYTHON=PYTHON, PORT=str(_free_port()), **env)
+    result = subprocess.run(args, cwd=ROOT, env=environ, capture_output=True, text=True,
+                            timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return result
+
+
+def _override(tmp: Path, name: str, base: str, body: str) -> str:
+    path = tmp / f'{name}.py'
+    path.write_text(f"_base_ = '{osp.join(ROOT, base)}'\n" + body)
+    return str(path)
+
+
+CLS_BODY = '''
+data_root = '{root}'
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=64, backend='pillow'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=72, edge='short', backend='pillow'),
+    dict(type='CenterCrop', crop_size=64),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs={epochs})
+default_hooks = dict(logger=dict(interval=1))
+'''
+
+DET_BODY = '''
+data_root = '{root}/'
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(96, 96), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(96, 96), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+model = dict(train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
+                            rcnn=dict(sampler=dict(num=64))),
+             test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100), rcnn=dict(max_per_img=20)))
+train_cfg = dict(max_epochs=1)
+default_hooks = dict(logger=dict(interval=1))
+'''
+
+SEG_BODY = '''
+data_root = '{root}'
+crop_size = (64, 64)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+model = dict(data_preprocessor=dict(size=crop_size))
+# 2 images per process: the PPM's 1x1 pooled map needs more than one value per channel for BN.
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=2, val_interval=2)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
+'''
+
+
+@pytest.fixture(scope='module')
+def cls_run(tmp_path_factory):
+    """Two CPU processes train the classifier one epoch, then resume it for a second."""
+    tmp = tmp_path_factory.mktemp('cls')
+    root = make_imagenet(tmp / 'imagenet')
+    work = tmp / 'work'
+    for epochs in (1, 2):
+        cfg = _override(tmp, f'cls_{epochs}', 'configs/mmpretrain/dualformer_t_in1k.py',
+                        CLS_BODY.format(root=root, epochs=epochs))
+        extra = ['--resume'] if epochs == 2 else []
+        result = _run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', str(work)]
+                      + extra)
+        log = result.stdout + result.stderr
+        assert GLOO_LINE in log
+        assert f'Epoch(train) [{epochs}][1/1]' in log
+    assert 'Resuming from' in log or 'resumed epoch: 1' in log
+    assert (work / 'epoch_2.pth').exists()
+    return tmp, work
+
+
+def test_dist_train_cls_and_resume(cls_run):
+    _, work = cls_run
+    checkpoint = torch.load(work / 'epoch_2.pth', map_location='cpu', weights_only=True)
+    assert checkpoint['meta']['epoch'] == 2
+
+
+def test_dist_test_cls(cls_run):
+    tmp, work = cls_run
+    cfg = _override(tmp, 'cls_test', 'configs/mmpretrain/dualformer_t_in1k.py',
+                    CLS_BODY.format(root=tmp / 'imagenet', epochs=1))
+    out = tmp / 'preds.pkl'
+    result = _run(['bash', 'tools/dist_test.sh', cfg, str(work / 'epoch_2.pth'), '2',
+                   '--work-dir', str(tmp / 'test'), '--out', str(out)])
+    log = result.stdout + result.stderr
+    assert GLOO_LINE in log and 'accuracy/top1' in log
+    assert out.exists()
+
+
+def test_converter_reports_and_loads(cls_run, tmp_path):
+    _, work = cls_run
+    dst = tmp_path / 'backbone.pth'
+    result = _run([PYTHON, 'tools/model_converters/dualformer_cls_to_backbone.py',
+                   str(work / 'epoch_2.pth'), str(dst), '--arch', 't'])
+    assert 'dropped keys (2)' in result.stdout and 'head.fc.weight' in result.stdout
+    # The classifier has only the last stage's output norm: norm0-2 start fresh.
+    assert 'missing keys (15)' in result.stdout and 'norm0.weight' in result.stdout
+    assert 'unexpected keys (0)' in result.stdout and 'mismatched keys (0)' in result.stdout
+    # The configs' init_cfg loads it (weights_only) into the detector's backbone.
+    from mmengine.config import Config
+    from dualformer_mm.utils import build_model_from_cfg
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/mmdet/mask_rcnn_dualformer_t_1x.py'))
+    cfg.model.backbone.init_cfg.checkpoint = str(dst)
+    model = build_model_from_cfg(cfg)
+    model.init_weights()
+    source = torch.load(work / 'epoch_2.pth', map_location='cpu', weights_only=True)
+    key = 'stages.2.blocks.0.attn.proj.weight'
+    key = key if f'backbone.{key}' in source['state_dict'] else \
+        next(k[len('backbone.'):] for k in source['state_dict'] if k.endswith('.weight')
+             and k.startswith('backbone.stages.2'))
+    torch.testing.assert_close(model.backbone.state_dict()[key],
+                               source['state_dict'][f'backbone.{key}'])
+    # A wrong size is refused with the mismatches listed, and nothing is written.
+    bad = subprocess.run([PYTHON, 'tools/model_converters/dualformer_cls_to_backbone.py',
+                          str(work / 'epoch_2.pth'), str(tmp_path / 'bad.pth'), '--arch', 's'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and 'does not fit DualFormer-s' in bad.stderr
+    assert not (tmp_path / 'bad.pth').exists()
+
+
+def test_dist_train_det(tmp_path):
+    root = make_coco(tmp_path / 'coco')
+    cfg = _override(tmp_path, 'det', 'configs/mmdet/mask_rcnn_dualformer_t_1x.py',
+                    DET_BODY.format(root=root))
+    result = _run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', str(tmp_path / 'w')])
+    log = result.stdout + result.stderr
+    assert GLOO_LINE in log and 'SyncBN norm config(s) in the model became BN' in log
+    assert 'Pretrained with checkpoint=None' in log
+    # Validation runs CocoMetric (random weights keep no detection, hence no AP to print).
+    assert 'Epoch(train) [1][2/2]' in log and 'Epoch(val) [1][2/2]' in log
+    assert (tmp_path / 'w' / 'epoch_1.pth').exists()
+
+
+def test_dist_train_seg(tmp_path):
+    root = make_ade20k(tmp_path / 'ade')
+    cfg = _override(tmp_path, 'seg', 'configs/mmseg/upernet_dualformer_t_ade20k.py',
+                    SEG_BODY.format(root=root))
+    result = _run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', str(tmp_path / 'w')])
+    log = result.stdout + result.stderr
+    assert GLOO_LINE in log and 'Iter(train) [2/2]' in log and 'mIoU' in log
+    assert (tmp_path / 'w' / 'iter_2.pth').exists()
+
+
+def _load_tool(relpath: str):
+    spec = importlib.util.spec_from_file_location(osp.basename(relpath)[:-3],
+                                                  osp.join(ROOT, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('task,config', [
+    ('cls', 'configs/mmpretrain/dualformer_t_in1k.py'),
+    ('det', 'configs/mmdet/mask_rcnn_dualformer_t_1x.py'),
+    ('seg', 'configs/mmseg/upernet_dualformer_t_ade20k.py'),
+])
+def test_demo_writes_png(task, config, tmp_path, monkeypatch, capsys):
+    img = tmp_path / 'img.jpg'
+    _image(np.random.default_rng(1), 96).save(img)
+    out = tmp_path / f'{task}.png'
+    args = [str(img), osp.join(ROOT, config), '--out-file', str(out), '--device', 'cpu']
+    if task == 'det':
+        # With a checkpoint: a state dict of a freshly built detector.
+        from mmengine.config import Config
+        from dualformer_mm.utils import build_model_from_cfg
+        cfg = Config.fromfile(osp.join(ROOT, config))
+        cfg.model.backbone.pop('init_cfg')
+        model = build_model_from_cfg(cfg)
+        torch.save({'state_dict': model.state_dict(),
+                    'meta': {'dataset_meta': {'classes': ('a', ) * 80}}}, tmp_path / 'det.pth')
+        args += ['--checkpoint', str(tmp_path / 'det.pth')]
+    monkeypatch.setattr(sys, 'argv', [f'image_demo_{task}.py'] + args)
+    _load_tool(f'tools/demo/image_demo_{task}.py').main()
+    assert f'saved {out}' in capsys.readouterr().out
+    with Image.open(out) as png:
+        assert png.format == 'PNG' and png.size == (96, 96)
+
+
+def test_mmseg_inferencer(tmp_path):
+    from mmseg.apis import MMSegInferencer
+    img = tmp_path / 'img.jpg'
+    _image(np.random.default_rng(2), 64).save(img)
+    inferencer = MMSegInferencer(
+        model=osp.join(ROOT, 'configs/mmseg/upernet_dualformer_t_ade20k.py'), device='cpu')
+    result = inferencer(str(img), return_vis=True)
+    assert result['predictions'].shape == (64, 64)
+    assert np.asarray(result['visualization']).reshape(-1, 64, 64, 3).shape[0] == 1
+
+
+def test_get_flops_detector_and_segmentor():
+    from dualformer_mm.utils import build_model_from_cfg, count_complexity
+    det = build_model_from_cfg(osp.join(ROOT, 'configs/mmdet/mask_rcnn_dualformer_t_1x.py'))
+    seg = build_model_from_cfg(osp.join(ROOT, 'configs/mmseg/upernet_dualformer_t_ade20k.py'))
+    _, backbone_flops = count_complexity(det.backbone, (128, 128))
+    det_params, det_flops = count_complexity(det, (128, 128))
+    seg_params, seg_flops = count_complexity(seg, (128, 128))
+    # Neck and heads add to the backbone's cost; 25 M parameters as in Table 3.
+    assert det_flops > 2 * backbone_flops and seg_flops > 2 * backbone_flops
+    assert det_params / 1e6 == pytest.approx(25, rel=0.05)

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+# Copyright (c) dualformer-mm contributors.
+"""Classify an image with a DualFormer classifier (paper section 4.1) and save the picture.
+
+Uses mmpretrain's ``ImageClassificationInferencer``; without ``--checkpoint`` the weights are
+random (useful only to check an installation).
+
+Example:
+    python tools/demo/image_demo_cls.py demo.jpg configs/mmpretrain/dualformer_s_in1k.py \\
+        --checkpoint dualformer_s_in1k.pth --out-file cls.png
+"""
+import argparse
+import os.path as osp
+import sys
+
+import mmcv
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='DualFormer image classification demo')
+    parser.add_argument('img', help='image file')
+    parser.add_argument('config', help='mmpretrain config file')
+    parser.add_argument('--checkpoint', help='checkpoint file (random weights without it)')
+    parser.add_argument('--out-file', default='cls_result.png', help='output PNG')
+    parser.add_argument('--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    from mmpretrain.apis import ImageClassificationInferencer
+    from mmpretrain.visualization import UniversalVisualizer
+
+    inferencer = ImageClassificationInferencer(
+        args.config, pretrained=args.checkpoint or False, device=args.device)
+    sample = inferencer(args.img, return_datasamples=True)[0]
+    label = int(sample.pred_label)
+    classes = inferencer.classes
+    name = classes[label] if classes else str(label)
+    print(f'{args.img}: class {label} ({name}), score {float(sample.pred_score[label]):.4f}')
+    image = mmcv.imread(args.img, channel_order='rgb')
+    UniversalVisualizer().visualize_cls(image, sample, classes=classes, draw_gt=False,
+                                        out_file=args.out_file)
+    print(f'saved {args.out_file}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,90 @@
+# Copyright (c) dualformer-mm contributors.
+"""Config fix-ups shared by ``tools/train.py`` and ``tools/test.py``.
+
+They make the paper's GPU configs (sections 4.1-4.3) run unchanged on a machine without CUDA
+(gloo instead of NCCL, CPU DistributedDataParallel, BN instead of SyncBN). Every change is
+returned as a message for the run's log: nothing is switched silently.
+"""
+import os
+from typing import Any, List
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def _sync_bn_to_bn(node: Any) -> int:
+    """Replace ``type='SyncBN'`` by ``'BN'`` in a nested config in place; count the changes."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += _sync_bn_to_bn(value)
+    return count
+
+
+def setup_device(cfg: Config, launcher: str) -> List[str]:
+    """Adapt ``cfg`` to the machine: without CUDA, use gloo, CPU DDP and plain BN.
+
+    mmengine's ``init_dist`` always calls ``torch.cuda.set_device`` and its default wrapper
+    passes ``device_ids``, both of which fail on a CPU-only machine, so here the gloo process
+    group is created before the Runner, which then finds it initialised and uses it.
+
+    Args:
+        cfg (Config): The run's config, changed in place.
+        launcher (str): One of ``'none'``, ``'pytorch'``, ``'slurm'``, ``'mpi'``.
+
+    Returns:
+        list[str]: One log line per change.
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
+    messages: List[str] = []
+    if torch.cuda.is_available():
+        return messages
+    converted = _sync_bn_to_bn(cfg.model)
+    if converted:
+        messages.append(f'CUDA is not available: {converted} SyncBN norm config(s) in the model '
+                        'became BN (SyncBN needs CUDA).')
+    if cfg.get('sync_bn'):
+        messages.append(f'CUDA is not available: sync_bn={cfg.sync_bn!r} ignored.')
+        cfg.sync_bn = None
+    if launcher == 'none':
+        return messages
+    if launcher != 'pytorch':
+        raise RuntimeError(f'CUDA is not available: distributed CPU runs support only '
+                           f'--launcher pytorch (tools/dist_train.sh), got {launcher!r}')
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    requested = dist_cfg.get('backend', 'nccl')
+    dist_cfg['backend'] = 'gloo'
+    messages.append(f'CUDA is not available: distributed backend {requested!r} replaced by '
+                    f"'gloo', {os.environ.get('WORLD_SIZE', '?')} CPU processes.")
+    if cfg.get('model_wrapper_cfg') is None:
+        # device_ids=None: DistributedDataParallel of a CPU module (mmengine's default wrapper
+        # passes the local rank as a CUDA device id).
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if not torch_dist.is_initialized():
+        kwargs = {k: v for k, v in dist_cfg.items() if k != 'backend'}
+        if 'timeout' in kwargs and not hasattr(kwargs['timeout'], 'total_seconds'):
+            from datetime import timedelta
+            kwargs['timeout'] = timedelta(seconds=kwargs['timeout'])
+        torch_dist.init_process_group(backend='gloo', **kwargs)
+    return messages
+
+
+def setup_scope(cfg: Config) -> None:
+    """Toolbox-specific set-up before building the Runner, keyed by ``default_scope``."""
+    if cfg.get('default_scope') == 'mmdet':
+        # mmdet's tools do this: a larger torch.compile cache for detectors' dynamic shapes.
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()

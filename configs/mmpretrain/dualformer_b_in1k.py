@@ -1,16 +1,4 @@
 # Reproduces DualFormer-B on ImageNet-1K at 224x224 (paper Table 2, recipe of section 4.1).
-_base_ = [
-    '../_base_/models/dualformer_cls.py',
-    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
-    '../_base_/schedules/imagenet_bs1024_adamw_300e_dualformer.py',
-    'mmpretrain::_base_/default_runtime.py',
-]
+_base_ = './dualformer_t_in1k.py'
 
-model = dict(
-    backbone=dict(arch='b', drop_path_rate=0.4),
-    head=dict(in_channels=560))
-
-# 8 GPUs x 128 images = the paper's batch of 1024.
-train_dataloader = dict(batch_size=128)
-val_dataloader = dict(batch_size=128)
-test_dataloader = val_dataloader
+model = dict(backbone=dict(arch='b', drop_path_rate=0.4), head=dict(in_channels=560))

@@ -8,6 +8,7 @@ needed to import it.
 """
 __version__ = '0.1.0'
 
+from .engine import RandomStateHook  # noqa: E402
 from .models import DualAttentionBlock, DualFormer, MBConv, PartitionAttention  # noqa: E402
 from .utils.checkpoint import allow_mmengine_checkpoints  # noqa: E402
 
@@ -15,4 +16,7 @@ from .utils.checkpoint import allow_mmengine_checkpoints  # noqa: E402
 # (exact types only) so resume and load_from work without weakening that protection.
 allow_mmengine_checkpoints()
 
-__all__ = ['DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', '__version__']
+__all__ = [
+    'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'RandomStateHook',
+    '__version__'
+]

@@ -1,6 +1,8 @@
 # DualFormer image classifier (paper section 4.1): GAP over the last stage + linear head.
 # DeiT-style mixup/cutmix and label smoothing, as the paper's recipe follows DeiT [43].
 custom_imports = dict(imports=['dualformer_mm'], allow_failed_imports=False)
+# Checkpoints carry the random states, so a resumed run continues the interrupted one exactly.
+custom_hooks = [dict(type='RandomStateHook')]
 model = dict(
     type='ImageClassifier',
     backbone=dict(type='DualFormer', arch='t', out_indices=(3, ), drop_path_rate=0.1),

@@ -2,6 +2,8 @@
 # arch/channels. The heads are mmseg's UperNet of Swin (PPM + FPN, auxiliary FCN on stage 3).
 _base_ = 'mmseg::_base_/models/upernet_swin.py'
 custom_imports = dict(imports=['dualformer_mm'], allow_failed_imports=False)
+# Checkpoints carry the random states, so a resumed run continues the interrupted one exactly.
+custom_hooks = [dict(type='RandomStateHook')]
 
 # Batches are padded to the 512x512 training crop of the dataset config.
 data_preprocessor = dict(size=(512, 512))

@@ -1,21 +1,30 @@
-# dualformer-mm: `make test` on a fresh machine creates .venv/, installs the pinned stack
-# (requirements/stack.txt) and this package, then runs the tests.
+# dualformer-mm: `make test` / `make demo` on a fresh machine create .venv/, install the pinned
+# stack (requirements/stack.txt) and this package, then run the tests / the three-task demo.
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.dualformer-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test flops clean-venv
+.PHONY: setup test demo flops clean-venv
 
 setup: $(STAMP)
 
-# Re-run the install whenever a pin, the package metadata or the script changes.
-$(STAMP): requirements/stack.txt requirements/tests.txt setup.py tools/setup_env.sh
+# Re-run the install whenever a pin, the package metadata, the script or a source of the
+# compiled partition ops (dualformer_mm/ops/csrc) changes.
+OPS_SOURCES := $(wildcard dualformer_mm/ops/csrc/*.h dualformer_mm/ops/csrc/*.cpp \
+	dualformer_mm/ops/csrc/cpu/*.h dualformer_mm/ops/csrc/cpu/*.cpp \
+	dualformer_mm/ops/csrc/cuda/*.cuh dualformer_mm/ops/csrc/cuda/*.cu)
+$(STAMP): requirements/stack.txt requirements/tests.txt setup.py tools/setup_env.sh $(OPS_SOURCES)
 	PYTHON=$(PYTHON) bash tools/setup_env.sh
 	touch $@
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# Trains and evaluates DualFormer-T on classification, detection and segmentation with data
+# the project makes itself (data/demo/), writing work_dirs/demo/summary.{json,md} and PNGs.
+demo: $(STAMP)
+	$(VENV)/bin/python tools/run_demo.py
 
 flops: $(STAMP)
 	$(VENV)/bin/python tools/analysis/get_flops.py --paper

@@ -57,7 +57,7 @@ def test_out_indices(index):
     assert norms == {f'norm{i}' for i in wanted}
 
 
-@pytest.mark.parametrize('hw', [(225, 301), (33, 47), (16, 16), (31, 200)])
+@pytest.mark.parametrize('hw', [(225, 301), (33, 47), (16, 16), (31, 200), (32, 2048), (8, 8)])
 def test_odd_input_sizes(hw):
     model = DualFormer(arch='t').eval()
     outs = model(torch.rand(1, 3, *hw))
@@ -72,6 +72,14 @@ def test_bad_input_raises_value_error():
         model(torch.rand(1, 4, 32, 32))
     with pytest.raises(ValueError, match=r'\(N, 3, H, W\)'):
         model(torch.rand(3, 32, 32))
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_input_raises(bad):
+    x = torch.rand(1, 3, 32, 32)
+    x[0, 1, 5, 7] = bad
+    with pytest.raises(ValueError, match='NaN or Inf'):
+        DualFormer(arch='t')(x)
 
 
 def test_invalid_and_custom_arch():

@@ -88,3 +88,15 @@ def setup_scope(cfg: Config) -> None:
         # mmdet's tools do this: a larger torch.compile cache for detectors' dynamic shapes.
         from mmdet.utils import setup_cache_size_limit_of_dynamo
         setup_cache_size_limit_of_dynamo()
+
+
+def teardown_distributed() -> None:
+    """Destroy the process group, if any, before the interpreter exits.
+
+    mmengine never destroys it; at exit gloo's worker threads can then be destroyed while
+    still joinable, and a run that finished aborts with SIGABRT ("terminate called without an
+    active exception"), which torchrun reports as a failure.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()

@@ -62,8 +62,18 @@ fi
 log "installing mmcv, the toolboxes and test dependencies"
 "${UV[@]}" -q "$MMCV_WHEEL" -r "$STACK" -r "$ROOT/requirements/tests.txt"
 
-log "installing dualformer_mm (editable)"
-"${UV[@]}" -q --no-build-isolation -e "$ROOT"
+log "installing dualformer_mm (editable) and compiling its partition ops"
+# setup.py compiles dualformer_mm._ext: the CPU kernels always, the CUDA kernels too when nvcc
+# and a CUDA torch are present (it derives CUDA_HOME from nvcc, the cusparse headers from the
+# nvidia wheels, and defaults TORCH_CUDA_ARCH_LIST to sm_80 and sm_90). A failed compile
+# fails this script. --reinstall-package: uv would otherwise reuse its cached build of this
+# directory after an edit of the C++/CUDA sources (it only watches setup.py).
+MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${UV[@]}" -q --no-build-isolation \
+    --reinstall-package dualformer_mm -e "$ROOT"
+"$VPY" - <<'PY'
+import dualformer_mm._ext as ext
+print(f"[setup] dualformer_mm._ext built, CUDA kernels: {ext.with_cuda()}")
+PY
 
 "$VPY" - <<'PY'
 import torch, torchvision, mmengine, mmcv, mmcv.ops, mmdet, mmseg, mmpretrain, dualformer_mm

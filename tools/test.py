@@ -20,7 +20,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from runner_env import LAUNCHERS, setup_device, setup_scope  # noqa: E402
+from runner_env import LAUNCHERS, setup_device, setup_scope, teardown_distributed  # noqa: E402
 from train import load_config  # noqa: E402
 
 
@@ -63,6 +63,7 @@ def main() -> None:
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     runner.test()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

@@ -20,7 +20,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from runner_env import LAUNCHERS, setup_device, setup_scope  # noqa: E402
+from runner_env import LAUNCHERS, setup_device, setup_scope, teardown_distributed  # noqa: E402
 
 TOOLBOXES = ('mmpretrain', 'mmdet', 'mmseg')
 
@@ -98,6 +98,7 @@ def main() -> None:
         runner.logger.warning(message) if message.startswith('WARNING') \
             else runner.logger.info(message)
     runner.train()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

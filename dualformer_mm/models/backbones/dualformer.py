@@ -10,6 +10,7 @@ paper is ambiguous, the choices are written in ``docs/architecture.md``.
 One copy of the model serves mmpretrain, mmdet and mmseg: it is registered in mmengine's
 root ``MODELS`` registry, which the three toolboxes' registries search.
 """
+import logging
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import ConvModule, build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
+from mmengine.logging import print_log
 from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.registry import MODELS
 from torch import Tensor
@@ -27,6 +29,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from dualformer_mm import ops
 
 PARTITION_METHODS = ('lsh', 'kmeans')
+# TruncNormal for convs and linears, identity norms (as ConvNeXt and Swin initialise).
+DEFAULT_INIT_CFG = [
+    dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
+    dict(type='Constant', layer=['_BatchNorm', 'GroupNorm', 'LayerNorm'], val=1., bias=0.),
+]
 BLOCK_MODES = ('parallel', 'serial')
 
 
@@ -140,20 +147,23 @@ class PartitionAttention(BaseModule):
         tokens = tokens.reshape(batch * heads, n, d)
         values = values.reshape(batch * heads, n, d)
 
-        paths: List[Tensor] = []
+        pooled: List[Tensor] = []
         if self.use_intra:
             # Eqs. 6-7: per-channel softmax of the input over the partition weights the
-            # transformed features; the pooled proxy goes back to the partition's tokens.
-            proxy = ops.partition_softmax_pool(tokens, values, codes, self.num_partitions)
-            paths.append(ops.partition_distribute(proxy, codes))
+            # transformed features into one proxy feature per partition.
+            pooled.append(ops.partition_softmax_pool(tokens, values, codes, self.num_partitions))
         if self.use_inter:
             # Eqs. 8-9: mean descriptors, importance normalised over non-empty partitions.
             desc, counts = ops.partition_mean(values, codes, self.num_partitions)
             importance = torch.sigmoid(self.importance(desc).squeeze(-1))
             importance = importance * (counts > 0).to(importance.dtype)
             importance = importance / importance.sum(-1, keepdim=True).clamp(min=1e-6)
-            paths.append(ops.partition_distribute(desc * importance.unsqueeze(-1), codes))
-        y = torch.cat(paths, dim=-1) if len(paths) > 1 else paths[0]
+            pooled.append(desc * importance.unsqueeze(-1))
+        # Global to local: both paths' partition features go back to the tokens in one
+        # gather. Concatenating the (G, K, d) pooled features first is exactly the
+        # concatenation of the two gathered (G, n, d) maps, with K << n rows to copy.
+        y = ops.partition_distribute(torch.cat(pooled, dim=-1) if len(pooled) > 1 else pooled[0],
+                                     codes)
         # (B*heads, n, paths*d) -> (B, n, heads*paths*d)
         y = y.view(batch, heads, n, -1).transpose(1, 2).reshape(batch, n, -1)
         y = self.aggregate(y).transpose(1, 2).reshape(batch, channels, h, w)
@@ -372,7 +382,8 @@ class DualFormer(BaseModule):
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         init_cfg (dict | list[dict], optional): Initialization config; use
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` to load the
-            backbone of a classifier checkpoint.
+            backbone of a classifier checkpoint. A Pretrained init with ``checkpoint=None``
+            falls back to the default init with a warning.
 
     Example:
         >>> from mmengine.registry import MODELS
@@ -431,11 +442,17 @@ class DualFormer(BaseModule):
                  partition: str = 'lsh',
                  norm_cfg: Dict = dict(type='BN'),
                  act_cfg: Dict = dict(type='GELU'),
-                 init_cfg: Optional[Union[Dict, List[Dict]]] = [
-                     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
-                     dict(type='Constant', layer=['_BatchNorm', 'GroupNorm', 'LayerNorm'],
-                          val=1., bias=0.),
-                 ]) -> None:
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = DEFAULT_INIT_CFG) -> None:
+        if (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
+                and init_cfg.get('checkpoint') is None):
+            # The detection/segmentation configs name a Pretrained init whose checkpoint users
+            # set; unset, mmengine would crash on None. Train from scratch, but say so loudly.
+            print_log('DualFormer: init_cfg is Pretrained with checkpoint=None, so no ImageNet '
+                      'weights are loaded and the backbone trains from scratch (not the paper\'s '
+                      'recipe). Set it with --cfg-options '
+                      'model.backbone.init_cfg.checkpoint=PATH', logger='current',
+                      level=logging.WARNING)
+            init_cfg = DEFAULT_INIT_CFG
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
         depths = self.arch_settings['depths']
@@ -546,6 +563,13 @@ class DualFormer(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'DualFormer expects input of shape (N, {self.in_channels}, H, W), '
                              f'got {tuple(x.shape)}')
+        # NaN/Inf would otherwise come out as NaN features with no hint of the cause. One
+        # reduction and host sync per eager forward, negligible next to the backbone; skipped
+        # when tracing (FLOP counting, ONNX) or compiling, where it would break the graph.
+        if (not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+                and not bool(torch.isfinite(x).all())):
+            raise ValueError('DualFormer input contains NaN or Inf values; check the data '
+                             'pipeline and normalisation')
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):

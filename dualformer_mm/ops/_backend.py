@@ -1,0 +1,214 @@
+# Copyright (c) dualformer-mm contributors.
+"""Backend switch and lazy loading of the fused partition ops of MHPA (paper section 3.2).
+
+``DUALFORMER_OPS`` picks the implementation of every partition op:
+
+* ``auto`` (default): the compiled extension ``dualformer_mm._ext`` when it is built (and
+  has kernels for the tensors' device), else the PyTorch reference, with a one-time warning
+  that says why and how to build it.
+* ``ext``: the extension, and an error naming the missing piece when it cannot serve a call.
+* ``reference``: the pure-PyTorch reference ops of :mod:`dualformer_mm.ops.partition`.
+
+The extension is imported on the first call that wants it, never at package import, so the
+reference path works on a machine where nothing was compiled (mmcv's multi_scale_deform_attn
+imports its extension eagerly, which makes its pure path unreachable without a build).
+
+During ONNX export every op takes its reference path: that decomposition into native ops is
+what the exporter translates.
+"""
+import contextlib
+import importlib
+import os
+import warnings
+from typing import Callable, Iterator, List, Optional
+
+import torch
+
+ENV_VAR = 'DUALFORMER_OPS'
+MODES = ('auto', 'ext', 'reference')
+EXT_NAME = 'dualformer_mm._ext'
+BUILD_HINT = ('build it from the repository root with `make setup`, or `pip install '
+              '--no-build-isolation -e .` (tools/setup_env.sh shows the uv equivalent)')
+
+
+class _State:
+    """Process-wide backend state; plain attributes so torch.compile guards on them."""
+
+    def __init__(self) -> None:
+        self.mode: Optional[str] = None  # resolved lazily from the environment
+        self.tried = False  # whether the extension import was attempted
+        self.ext = None
+        self.ext_cuda = False
+        self.error = ''
+        self.warned: set = set()
+
+
+_state = _State()
+_on_load: List[Callable[[], None]] = []
+# Fake kernels and autograd are registered with torch once per process, even when the state
+# above is reset (tests do) and the extension looked up again.
+_hooks_done = False
+
+
+def _run_hooks() -> None:
+    global _hooks_done
+    if not _hooks_done:
+        _hooks_done = True
+        for fn in _on_load:
+            fn()
+
+
+def on_extension_load(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run ``fn`` once the extension's ops exist (fake kernels and autograd need them).
+
+    Args:
+        fn (Callable): Registration function without arguments.
+
+    Returns:
+        Callable: ``fn`` itself, so this works as a decorator.
+    """
+    _on_load.append(fn)
+    if _hooks_done:
+        fn()
+    return fn
+
+
+def _mode_from_env() -> str:
+    mode = os.environ.get(ENV_VAR, 'auto').strip().lower() or 'auto'
+    if mode not in MODES:
+        raise ValueError(f'{ENV_VAR} must be one of {MODES}, got {mode!r}')
+    return mode
+
+
+def get_backend() -> str:
+    """The current backend mode: ``'auto'``, ``'ext'`` or ``'reference'``.
+
+    Example:
+        >>> from dualformer_mm import ops
+        >>> ops.get_backend() in ('auto', 'ext', 'reference')
+        True
+    """
+    if _state.mode is None:
+        _state.mode = _mode_from_env()
+    return _state.mode
+
+
+def set_backend(mode: Optional[str]) -> None:
+    """Set the backend mode for this process; ``None`` re-reads ``DUALFORMER_OPS``.
+
+    Args:
+        mode (str, optional): ``'auto'``, ``'ext'``, ``'reference'`` or None.
+
+    Example:
+        >>> from dualformer_mm import ops
+        >>> ops.set_backend('reference'); ops.get_backend()
+        'reference'
+        >>> ops.set_backend(None)
+    """
+    if mode is not None and mode not in MODES:
+        raise ValueError(f'backend must be one of {MODES}, got {mode!r}')
+    _state.mode = mode if mode is not None else _mode_from_env()
+
+
+@contextlib.contextmanager
+def use_backend(mode: str) -> Iterator[None]:
+    """Context manager that runs its body with backend ``mode``, then restores the old one.
+
+    Args:
+        mode (str): ``'auto'``, ``'ext'`` or ``'reference'``.
+
+    Example:
+        >>> import torch
+        >>> from dualformer_mm import ops
+        >>> with ops.use_backend('reference'):
+        ...     ops.lsh_hash(torch.ones(1, 2, 4), torch.ones(4, 3)).tolist()
+        [[7, 7]]
+    """
+    old = get_backend()
+    set_backend(mode)
+    try:
+        yield
+    finally:
+        _state.mode = old
+
+
+def load_extension():
+    """Import ``dualformer_mm._ext`` once and register its fake kernels and autograd.
+
+    Returns:
+        module | None: The extension module, or None when it cannot be imported (the reason
+        is kept for the error and warning messages).
+    """
+    if not _state.tried:
+        _state.tried = True
+        try:
+            ext = importlib.import_module(EXT_NAME)
+        except ImportError as err:
+            # Not only "not built": a stale build against another torch fails here too, with
+            # an undefined symbol; the message carries the original error either way.
+            _state.error = f'{type(err).__name__}: {err}'
+            return None
+        _state.ext_cuda = bool(ext.with_cuda())
+        _state.ext = ext
+        _run_hooks()
+    return _state.ext
+
+
+def extension_available(device: str = 'cpu') -> bool:
+    """Whether the compiled kernels can serve tensors on ``device`` (``'cpu'`` or ``'cuda'``).
+
+    Args:
+        device (str): Device type. Defaults to ``'cpu'``.
+
+    Example:
+        >>> from dualformer_mm import ops
+        >>> isinstance(ops.extension_available('cpu'), bool)
+        True
+    """
+    if load_extension() is None:
+        return False
+    return device == 'cpu' or (device == 'cuda' and _state.ext_cuda)
+
+
+def _missing(device_type: str) -> str:
+    """Which piece is missing for the extension to run on ``device_type``."""
+    if _state.ext is None:
+        return f'the compiled extension {EXT_NAME} cannot be imported ({_state.error})'
+    if device_type == 'cuda':
+        return (f'{EXT_NAME} was built without its CUDA kernels (no CUDA toolkit or a CPU-only '
+                'torch at build time)')
+    return f'{EXT_NAME} has no kernels for device type {device_type!r}'
+
+
+def use_extension(op: str, device: torch.device) -> bool:
+    """Decide whether ``op`` on ``device`` runs the compiled kernel or the reference.
+
+    Args:
+        op (str): Op name, for messages.
+        device (torch.device): Device of the op's inputs.
+
+    Returns:
+        bool: True for the extension.
+
+    Raises:
+        RuntimeError: In ``ext`` mode, when the extension cannot serve the call.
+    """
+    mode = _state.mode if _state.mode is not None else get_backend()
+    if mode == 'reference' or torch.onnx.is_in_onnx_export():
+        return False
+    if not _state.tried:
+        load_extension()
+    device_type = device.type
+    if _state.ext is not None and (device_type == 'cpu' or (device_type == 'cuda' and _state.ext_cuda)):
+        return True
+    reason = _missing(device_type)
+    if mode == 'ext':
+        raise RuntimeError(f'{ENV_VAR}=ext but {reason}, so {op} cannot run; {BUILD_HINT}, or '
+                           f'set {ENV_VAR}=reference for the PyTorch ops.')
+    key = (device_type, reason)
+    if key not in _state.warned:
+        _state.warned.add(key)
+        warnings.warn(f'dualformer_mm partition ops: {reason}; using the PyTorch reference ops '
+                      f'on {device_type}. To use the fused kernels, {BUILD_HINT}. Set '
+                      f'{ENV_VAR}=reference to silence this.', RuntimeWarning, stacklevel=3)
+    return False

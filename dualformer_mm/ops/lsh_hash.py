@@ -1,0 +1,44 @@
+# Copyright (c) dualformer-mm contributors.
+"""``lsh_hash``: the LSH partition generator of MHPA (paper section 3.2, eqs. 4-5).
+
+The fused op computes the projection with the same ATen call as the reference (so the codes
+are bit-identical) and packs the sign bits in one kernel. Codes are not differentiable: the
+partition is a discrete assignment, as in the paper.
+"""
+import torch
+from torch import Tensor
+
+from ._backend import on_extension_load, use_extension
+from .partition import lsh_hash_pytorch
+
+
+def lsh_hash(x: Tensor, planes: Tensor) -> Tensor:
+    """Hash tokens to partition codes with random hyperplanes (eqs. 4-5).
+
+    Runs the fused kernel or :func:`lsh_hash_pytorch` according to ``DUALFORMER_OPS``.
+
+    Args:
+        x (Tensor): Tokens (G, N, D), or (B, H, N, D) with per-head planes.
+        planes (Tensor): Hyperplane normals (D, P), or (H, D, P) one set per head.
+
+    Returns:
+        Tensor: int64 codes in ``[0, 2**P)`` of shape ``x.shape[:-1]``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[[1., -1.], [-1., 1.]]])  # (G=1, N=2, D=2)
+        >>> lsh_hash(x, torch.eye(2)).tolist()  # bit b set when x_b >= 0
+        [[1, 2]]
+    """
+    if use_extension('lsh_hash', x.device):
+        return torch.ops.dualformer.lsh_hash(x, planes)
+    return lsh_hash_pytorch(x, planes)
+
+
+@on_extension_load
+def _register() -> None:
+    """Fake kernel of the compiled op, for torch.compile and torch.export tracing."""
+
+    @torch.library.register_fake('dualformer::lsh_hash')
+    def _(x: Tensor, planes: Tensor) -> Tensor:
+        return x.new_empty(x.shape[:-1], dtype=torch.long)

@@ -1,0 +1,175 @@
+"""Backend switch, lazy loading, torch.compile, FLOP handles and ONNX export of the partition
+ops of MHPA (paper section 3.2)."""
+import os.path as osp
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from dualformer_mm import ops
+from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from dualformer_mm.ops import _backend
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    """A backend state as in a new process, restored afterwards."""
+    monkeypatch.setattr(_backend, '_state', _backend._State())
+    return _backend._state
+
+
+@pytest.fixture
+def missing_extension(monkeypatch, fresh_state):
+    """Simulate a machine where the extension was never built: importing it fails."""
+    # A None entry in sys.modules makes `import dualformer_mm._ext` raise ImportError.
+    monkeypatch.setitem(sys.modules, 'dualformer_mm._ext', None)
+    return fresh_state
+
+
+def test_mode_from_environment(monkeypatch, fresh_state):
+    monkeypatch.setenv('DUALFORMER_OPS', 'Reference')
+    assert ops.get_backend() == 'reference'
+    monkeypatch.setenv('DUALFORMER_OPS', 'bogus')
+    with pytest.raises(ValueError, match='DUALFORMER_OPS must be one of'):
+        ops.set_backend(None)
+    with pytest.raises(ValueError, match='backend must be one of'):
+        ops.set_backend('fast')
+
+
+def test_missing_extension_auto_warns_once_and_uses_reference(missing_extension):
+    ops.set_backend('auto')
+    x = torch.randn(2, 30, 4)
+    codes = torch.randint(0, 4, (2, 30))
+    with pytest.warns(RuntimeWarning, match=r'cannot be imported.*make setup'):
+        pooled = ops.partition_softmax_pool(x, x, codes, 4)
+    torch.testing.assert_close(pooled, ops.partition_softmax_pool_pytorch(x, x, codes, 4),
+                               rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # the warning is given once per process
+        ops.partition_mean(x, codes, 4)
+        ops.lsh_hash(x, torch.randn(4, 2))
+    assert missing_extension.ext is None
+
+
+def test_missing_extension_ext_mode_is_an_error(missing_extension):
+    ops.set_backend('ext')
+    with pytest.raises(RuntimeError, match=r'DUALFORMER_OPS=ext but the compiled extension '
+                                           r'dualformer_mm\._ext cannot be imported'):
+        ops.partition_distribute(torch.randn(1, 4, 2), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_extension_without_cuda_kernels(fresh_state):
+    if ops.load_extension() is None:
+        pytest.fail(f'dualformer_mm._ext is not importable: {fresh_state.error}')
+    fresh_state.ext_cuda = False  # as a CPU-only build reports itself
+    cuda = torch.device('cuda')  # only the device type is looked at: no GPU needed
+    ops.set_backend('ext')
+    with pytest.raises(RuntimeError, match='built without its CUDA kernels'):
+        _backend.use_extension('partition_mean', cuda)
+    ops.set_backend('auto')
+    with pytest.warns(RuntimeWarning, match='built without its CUDA kernels'):
+        assert not _backend.use_extension('partition_mean', cuda)
+    assert _backend.use_extension('partition_mean', torch.device('cpu'))
+
+
+def test_reference_path_never_imports_the_extension():
+    # A fresh interpreter: importing the package and running the model with the reference
+    # backend must not load the compiled module.
+    code = ('import sys, torch, dualformer_mm; from dualformer_mm import DualFormer;'
+            'DualFormer(arch="t").eval()(torch.rand(1, 3, 32, 32));'
+            'assert "dualformer_mm._ext" not in sys.modules, "extension was imported";'
+            'print("lazy ok")')
+    env = dict(__import__('os').environ, DUALFORMER_OPS='reference')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'lazy ok' in out.stdout
+
+
+def _attention_and_input():
+    attn = PartitionAttention(dims=32, num_heads=2, num_partitions=8, sr_ratio=2).eval()
+    return attn, torch.randn(2, 32, 14, 18, requires_grad=True)
+
+
+def test_torch_compile_has_no_graph_break():
+    if ops.load_extension() is None:
+        pytest.fail(f'dualformer_mm._ext is not importable: {_backend._state.error}')
+    torch._dynamo.reset()
+    with ops.use_backend('ext'):
+        attn, x = _attention_and_input()
+        eager = attn(x)
+        # fullgraph=True turns any graph break into an error; aot_eager traces forward and
+        # backward through the fake kernels and the registered autograd without compiling C++.
+        compiled = torch.compile(attn, fullgraph=True, backend='aot_eager')
+        out = compiled(x)
+        torch.testing.assert_close(out, eager)
+        grad_eager, = torch.autograd.grad(eager.sum(), x)
+        grad_compiled, = torch.autograd.grad(out.sum(), x)
+        torch.testing.assert_close(grad_compiled, grad_eager)
+    torch._dynamo.reset()
+
+
+def test_fake_kernels_match_real_outputs():
+    if ops.load_extension() is None:
+        pytest.fail(f'dualformer_mm._ext is not importable: {_backend._state.error}')
+    x = torch.randn(3, 17, 5)
+    codes = torch.randint(0, 4, (3, 17))
+    cases = [(torch.ops.dualformer.lsh_hash, (x, torch.randn(5, 2))),
+             (torch.ops.dualformer.partition_softmax_pool, (x, x, codes, 4)),
+             (torch.ops.dualformer.partition_mean, (x, codes, 4)),
+             (torch.ops.dualformer.partition_distribute, (torch.randn(3, 4, 5), codes))]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=('test_schema', 'test_faketensor'))
+
+
+@pytest.mark.parametrize('arch', ['t'])
+def test_flops_equal_with_both_backends(arch):
+    from mmengine.analysis import FlopAnalyzer
+
+    from dualformer_mm.utils import PAPER_TABLE1, build_model_from_cfg, count_complexity
+    if ops.load_extension() is None:
+        pytest.fail(f'dualformer_mm._ext is not importable: {_backend._state.error}')
+    model = build_model_from_cfg(osp.join(ROOT, 'configs', 'mmpretrain',
+                                          f'dualformer_{arch}_in1k.py')).eval()
+    x = torch.rand(1, 3, 224, 224)
+    by_op, unsupported = {}, {}
+    for backend in ('ext', 'reference'):
+        with ops.use_backend(backend), torch.no_grad():
+            analyzer = FlopAnalyzer(model, inputs=(x, ))
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+            by_op[backend] = analyzer.by_operator()
+            unsupported[backend] = analyzer.unsupported_ops()
+    # The fused hash counts its projection exactly as the reference's einsum is counted ...
+    assert by_op['ext']['lsh_hash'] == by_op['reference']['einsum'] > 0
+    assert 'einsum' not in by_op['ext'] and 'lsh_hash' not in by_op['reference']
+    # ... every custom op has a handle, and the totals agree.
+    assert not [op for op in unsupported['ext'] if op.startswith('dualformer::')]
+    assert sum(by_op['ext'].values()) == sum(by_op['reference'].values())
+    # The cost table's own function, with the extension: still Table 1 within 5%.
+    with ops.use_backend('ext'):
+        flops = count_complexity(model)[1]
+    assert flops == sum(by_op['ext'].values())
+    assert flops / 1e9 == pytest.approx(PAPER_TABLE1[arch][1], rel=0.05)
+
+
+def test_onnx_export_matches_onnxruntime(tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnxscript')  # the torch.export-based exporter translates with it
+    from dualformer_mm.utils import build_model_from_cfg
+    model = build_model_from_cfg(osp.join(ROOT, 'configs', 'mmpretrain', 'dualformer_t_in1k.py'))
+    model.eval()
+    x = torch.rand(1, 3, 224, 224)
+    path = str(tmp_path / 'dualformer_t.onnx')
+    with ops.use_backend('auto'), torch.no_grad():
+        want = model(x, mode='tensor')  # the fused kernels when built
+        # During export the ops take their reference decomposition (native scatter/gather).
+        torch.onnx.export(model, (x, ), path, input_names=['input'], output_names=['logits'],
+                          opset_version=18, dynamo=True)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = session.run(None, {'input': x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4)

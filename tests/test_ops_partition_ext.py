@@ -1,0 +1,178 @@
+"""Fused partition ops of MHPA (paper section 3.2) against the PyTorch reference.
+
+Every test runs the compiled kernels of ``dualformer_mm._ext``: the install always builds
+them, so a missing extension fails these tests (with the import error) instead of skipping.
+"""
+import pytest
+import torch
+
+from dualformer_mm import DualFormer, ops
+from tests.utils import ARCHS, DEVICES
+
+CUDA_OK = torch.cuda.is_available()
+# (dtype, rtol, atol) of ext against reference. Both accumulate half precision in fp32, so
+# they differ by at most the final rounding (summation order aside).
+DTYPES = [
+    pytest.param(torch.float32, 1e-5, 1e-6, id='fp32'),
+    pytest.param(torch.float16, 2e-3, 2e-3, id='fp16'),
+    pytest.param(torch.bfloat16, 1.6e-2, 1.6e-2, id='bf16'),
+]
+
+
+@pytest.fixture(autouse=True)
+def ext_backend():
+    """Run each test with the extension, failing loudly when it is not built."""
+    if ops.load_extension() is None:
+        pytest.fail('dualformer_mm._ext is not importable; the install must build it: '
+                    f'{ops._backend._state.error}')
+    with ops.use_backend('ext'):
+        yield
+
+
+def reference(fn, *args):
+    """Run ``fn`` (an op name) with the reference backend."""
+    with ops.use_backend('reference'):
+        return getattr(ops, fn)(*args)
+
+
+def make_inputs(g, n, d, k, device, dtype, empty=True):
+    scores = (torch.randn(g, n, d) * 3).to(device, dtype)
+    values = torch.randn(g, n, d).to(device, dtype)
+    codes = torch.randint(0, k, (g, n))
+    if empty:
+        codes[0] = k - 1  # group 0: every token in the last partition, K-1 empty partitions
+    return scores, values, codes.to(device)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype,rtol,atol', DTYPES)
+def test_lsh_hash_equals_reference(device, dtype, rtol, atol):
+    # (B, H, N, D) as MHPA gives it: a transposed, non-contiguous view, per-head planes.
+    x = torch.randn(3, 257, 2, 16).to(device, dtype).transpose(1, 2)
+    planes = torch.randn(2, 16, 3, device=device)
+    codes = ops.lsh_hash(x, planes)
+    assert codes.dtype == torch.long and codes.shape == (3, 2, 257)
+    assert torch.equal(codes, reference('lsh_hash', x, planes))
+    # (G, N, D) with one set of planes; 5 planes give codes up to 31.
+    flat = torch.randn(4, 1000, 8).to(device, dtype)
+    shared = torch.randn(8, 5, device=device)
+    codes = ops.lsh_hash(flat, shared)
+    assert torch.equal(codes, reference('lsh_hash', flat, shared))
+    assert codes.min() >= 0 and codes.max() < 32 and len(codes.unique()) > 16
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype,rtol,atol', DTYPES)
+def test_pools_forward_backward_match_reference(device, dtype, rtol, atol):
+    g, n, d, k = 5, 203, 40, 8
+    scores, values, codes = make_inputs(g, n, d, k, device, dtype)
+    grads = {}
+    for backend in ('ext', 'reference'):
+        s = scores.clone().requires_grad_()
+        v = values.clone().requires_grad_()
+        with ops.use_backend(backend):
+            soft = ops.partition_softmax_pool(s, v, codes, k)
+            mean, counts = ops.partition_mean(v, codes, k)
+            spread = ops.partition_distribute(torch.cat([soft, mean], -1), codes)
+        # A weighted loss, so that every output element gets its own gradient.
+        weight = torch.randn(spread.shape, generator=torch.Generator().manual_seed(1)).to(device)
+        (spread.float() * weight).sum().backward()
+        grads[backend] = (soft.detach(), mean.detach(), counts, spread.detach(), s.grad, v.grad)
+    for name, got, want in zip(('soft', 'mean', 'counts', 'spread', 'grad_s', 'grad_v'),
+                               grads['ext'], grads['reference']):
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=name)
+    soft, mean = grads['ext'][:2]
+    # Empty partitions give exact zeros, never NaN.
+    assert torch.isfinite(soft.float()).all() and torch.isfinite(mean.float()).all()
+    assert (soft[0, :-1] == 0).all() and (mean[0, :-1] == 0).all()
+    assert torch.isfinite(grads['ext'][4].float()).all()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_gradcheck_float64(device):
+    g, n, d, k = 2, 11, 3, 4
+    scores, values, codes = make_inputs(g, n, d, k, device, torch.float64)
+    scores.requires_grad_()
+    values.requires_grad_()
+    pooled = torch.randn(g, k, d, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda s, v: ops.partition_softmax_pool(s, v, codes, k), (scores, values))
+    assert torch.autograd.gradcheck(lambda v: ops.partition_mean(v, codes, k)[0], (values,))
+    assert torch.autograd.gradcheck(lambda p: ops.partition_distribute(p, codes), (pooled,))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_single_token(device):
+    values = torch.tensor([[[2.0, -1.0, 0.5]]], device=device, requires_grad=True)
+    codes = torch.tensor([[2]], device=device)
+    soft = ops.partition_softmax_pool(values * 3, values, codes, 4)
+    mean, counts = ops.partition_mean(values, codes, 4)
+    assert torch.equal(soft[0, 2], values[0, 0]) and (soft[0, [0, 1, 3]] == 0).all()
+    assert torch.equal(mean[0, 2], values[0, 0]) and counts.tolist() == [[0, 0, 1, 0]]
+    assert torch.equal(ops.partition_distribute(soft, codes), values.detach())
+    soft.sum().backward()
+    # One token is its own softmax: out = v, so d out/d v = 1 and d out/d s = 0.
+    assert torch.allclose(values.grad, torch.full_like(values, 1.0))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_non_contiguous_inputs(device):
+    base = torch.randn(3, 6, 50, device=device)
+    values = base.transpose(1, 2)[:, :, ::2]  # (G=3, N=50, D=3), strided twice
+    scores = torch.randn(3, 50, 6, device=device)[:, :, 1::2]
+    codes = torch.randint(0, 5, (3, 100), device=device)[:, ::2]
+    pooled = torch.randn(3, 10, 5, device=device).transpose(1, 2)  # (G, K=5, D=10)
+    assert not (values.is_contiguous() or scores.is_contiguous() or codes.is_contiguous())
+    for op, args in (('partition_softmax_pool', (scores, values, codes, 5)),
+                     ('partition_mean', (values, codes, 5)),
+                     ('partition_distribute', (pooled, codes))):
+        got, want = getattr(ops, op)(*args), reference(op, *args)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=op)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_large_n(device):
+    # 200k tokens: beyond fp16's range when summed, and many tasks per thread.
+    g, n, d, k = 2, 200_000, 4, 8
+    scores, values, codes = make_inputs(g, n, d, k, device, torch.float32, empty=False)
+    values = values + 1000.0
+    for op, args in (('partition_softmax_pool', (scores, values, codes, k)),
+                     ('partition_mean', (values, codes, k))):
+        torch.testing.assert_close(getattr(ops, op)(*args), reference(op, *args),
+                                   rtol=1e-5, atol=1e-3, msg=op)
+    half = values.half()
+    mean, _ = ops.partition_mean(half, codes, k)
+    assert torch.isfinite(mean).all()
+    torch.testing.assert_close(mean, reference('partition_mean', half, codes, k)[0])
+
+
+def test_codes_out_of_range_raise():
+    values = torch.randn(1, 5, 2)
+    bad = torch.tensor([[0, 1, 4, 1, 0]])
+    with pytest.raises(RuntimeError, match=r'codes must lie in \[0, 4\)'):
+        ops.partition_mean(values, bad, 4)
+    with pytest.raises(RuntimeError, match=r'codes must lie in \[0, 4\)'):
+        ops.partition_softmax_pool(values, values, bad, 4)
+    with pytest.raises(RuntimeError, match='must share a dtype'):
+        ops.partition_softmax_pool(values.double(), values, bad.clamp(max=3), 4)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_backbone_ext_equals_reference(arch):
+    # Eval mode: with batch statistics of a 2x3 stage-4 map, train-mode BatchNorm of the deep
+    # sizes amplifies fp32 summation-order noise by 1e4, which says nothing about the ops.
+    model = DualFormer(arch=arch, drop_path_rate=0.).eval()
+    x = torch.rand(2, 3, 64, 96)
+    outs = {}
+    for backend in ('ext', 'reference'):
+        model.zero_grad()
+        with ops.use_backend(backend):
+            out = model(x)
+        sum(o.pow(2).mean() for o in out).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        outs[backend] = ([o.detach() for o in out], grads)
+    for got, want in zip(outs['ext'][0], outs['reference'][0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    got, want = outs['ext'][1], outs['reference'][1]
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * want.abs().max().item())

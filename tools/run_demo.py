@@ -149,8 +149,10 @@ def visualize(task: str, result: Dict, args: argparse.Namespace, count: int = 3)
     images = val_images(task, args.data_root, count)
     cfg, ckpt = result['cfg'], result['checkpoint']
     if task == 'cls':
+        from mmengine.registry import init_default_scope
         from mmpretrain.apis import ImageClassificationInferencer
         from mmpretrain.visualization import UniversalVisualizer
+        init_default_scope('mmpretrain')  # its inferencer does not set the scope itself
         inferencer = ImageClassificationInferencer(cfg, pretrained=ckpt, device='cpu')
         visualizer = UniversalVisualizer()
         for i, (img, sample) in enumerate(zip(

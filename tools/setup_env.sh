@@ -13,11 +13,12 @@ VENV="${VENV:-$ROOT/.venv}"
 STACK="$ROOT/requirements/stack.txt"
 CACHE_ROOT="${DUALFORMER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dualformer-mm}"
 UV_VERSION="0.13.9"
-MMCV_VERSION="2.1.0"
 
 pin() {  # the pinned version of one package in the stack file
     sed -n "s/^$1==\([^ #]*\).*/\1/p" "$STACK"
 }
+
+MMCV_VERSION="$(pin mmcv)"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -60,7 +61,8 @@ else
 fi
 
 log "installing mmcv, the toolboxes and test dependencies"
-"${UV[@]}" -q "$MMCV_WHEEL" -r "$STACK" -r "$ROOT/requirements/tests.txt"
+# mmcv comes from the wheel just built, so its pin is left out of what uv resolves.
+"${UV[@]}" -q "$MMCV_WHEEL" -r <(grep -v '^mmcv==' "$STACK") -r "$ROOT/requirements/tests.txt"
 
 log "installing dualformer_mm (editable) and compiling its partition ops"
 # setup.py compiles dualformer_mm._ext: the CPU kernels always, the CUDA kernels too when nvcc

@@ -31,8 +31,13 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    from mmengine.registry import init_default_scope
     from mmpretrain.apis import ImageClassificationInferencer
     from mmpretrain.visualization import UniversalVisualizer
+
+    # mmpretrain's inferencer builds its pipeline in the current default scope, which may be
+    # another toolbox's when several are used in one process (mmdet's and mmseg's set theirs).
+    init_default_scope('mmpretrain')
 
     inferencer = ImageClassificationInferencer(
         args.config, pretrained=args.checkpoint or False, device=args.device)

@@ -14,7 +14,11 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
+# $PYTHON if set, else the .venv that `make setup` builds, else the python on PATH.
+VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
+if [ -z "$PYTHON" ]; then
+    if [ -x "$VENV_PYTHON" ]; then PYTHON="$VENV_PYTHON"; else PYTHON=python; fi
+fi
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \

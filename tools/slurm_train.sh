@@ -11,7 +11,11 @@ GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
-PYTHON=${PYTHON:-python}
+# $PYTHON if set, else the .venv that `make setup` builds, else the python on PATH.
+VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
+if [ -z "$PYTHON" ]; then
+    if [ -x "$VENV_PYTHON" ]; then PYTHON="$VENV_PYTHON"; else PYTHON=python; fi
+fi
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 srun -p "$PARTITION" \

@@ -81,25 +81,17 @@ def demo_config(task: str, args: argparse.Namespace, pretrained: Optional[str]) 
     if task == 'det':
         ann = osp.join(data_root, 'annotations/instances_val.json')
         cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = ann
-    # Evaluated explicitly before and after training instead.
     loop = cfg.train_cfg
-    if 'max_iters' in loop:
-        loop.val_interval = loop.max_iters + 1
-    else:
-        loop.val_interval = loop.max_epochs + 1
+    length = 'max_iters' if 'max_iters' in loop else 'max_epochs'
     if args.quick:
         cfg.default_hooks.logger.interval = 1
-        if 'max_iters' in loop:
-            loop.max_iters = 2
-            loop.val_interval = 3
-            cfg.param_scheduler = []
-        else:
-            loop.max_epochs = 1
-            loop.val_interval = 2
-            cfg.param_scheduler = []
+        loop[length] = 2 if length == 'max_iters' else 1
+        cfg.param_scheduler = []
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
             cfg[loader].num_workers = 0
             cfg[loader].persistent_workers = False
+    # Evaluated explicitly before and after training instead.
+    loop.val_interval = loop[length] + 1
     if pretrained is not None:
         # The classifier's backbone stands in for the paper's ImageNet pre-training.
         cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained,

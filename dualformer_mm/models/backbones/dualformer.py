@@ -533,11 +533,6 @@ class DualFormer(BaseModule):
             raise ValueError('out_indices must name at least one stage')
         return tuple(sorted(set(parsed)))
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        # The LSH planes are buffers drawn at construction; init_weights (which mmengine may
-        # skip or replace with a checkpoint) leaves them alone on purpose.
-
     def _freeze_stages(self) -> None:
         """Put the frozen stem, stages and their output norms in eval, without grads."""
         if self.frozen_stages < 0:

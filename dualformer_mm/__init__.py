@@ -9,7 +9,8 @@ needed to import it.
 __version__ = '0.1.0'
 
 from .engine import RandomStateHook  # noqa: E402
-from .models import DualAttentionBlock, DualFormer, MBConv, PartitionAttention  # noqa: E402
+from .models import (CPUSyncBatchNorm, DualAttentionBlock, DualFormer, MBConv,  # noqa: E402
+                     PartitionAttention)
 from .utils.checkpoint import allow_mmengine_checkpoints  # noqa: E402
 
 # torch >= 2.6 loads checkpoints with weights_only=True; let mmengine's own checkpoints through
@@ -17,6 +18,6 @@ from .utils.checkpoint import allow_mmengine_checkpoints  # noqa: E402
 allow_mmengine_checkpoints()
 
 __all__ = [
-    'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'RandomStateHook',
-    '__version__'
+    'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'CPUSyncBatchNorm',
+    'RandomStateHook', '__version__'
 ]

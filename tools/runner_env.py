@@ -2,8 +2,10 @@
 """Config fix-ups shared by ``tools/train.py`` and ``tools/test.py``.
 
 They make the paper's GPU configs (sections 4.1-4.3) run unchanged on a machine without CUDA
-(gloo instead of NCCL, CPU DistributedDataParallel, BN instead of SyncBN). Every change is
-returned as a message for the run's log: nothing is switched silently.
+(gloo instead of NCCL, CPU DistributedDataParallel, and ``CPUSyncBN``, dualformer-mm's
+synchronised BatchNorm that all-reduces over gloo, instead of ``torch.nn.SyncBatchNorm``, which
+needs CUDA). Every change is returned as a message for the run's log: nothing is switched
+silently.
 """
 import os
 from typing import Any, List
@@ -15,23 +17,23 @@ from mmengine.config import Config
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 
-def _sync_bn_to_bn(node: Any) -> int:
-    """Replace ``type='SyncBN'`` by ``'BN'`` in a nested config in place; count the changes."""
+def _sync_bn_to_cpu(node: Any) -> int:
+    """Replace ``type='SyncBN'`` by ``'CPUSyncBN'`` in a nested config in place; count them."""
     count = 0
     if isinstance(node, dict):
         if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'
+            node['type'] = 'CPUSyncBN'
             count += 1
         for value in node.values():
-            count += _sync_bn_to_bn(value)
+            count += _sync_bn_to_cpu(value)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            count += _sync_bn_to_bn(value)
+            count += _sync_bn_to_cpu(value)
     return count
 
 
 def setup_device(cfg: Config, launcher: str) -> List[str]:
-    """Adapt ``cfg`` to the machine: without CUDA, use gloo, CPU DDP and plain BN.
+    """Adapt ``cfg`` to the machine: without CUDA, use gloo, CPU DDP and ``CPUSyncBN``.
 
     mmengine's ``init_dist`` always calls ``torch.cuda.set_device`` and its default wrapper
     passes ``device_ids``, both of which fail on a CPU-only machine, so here the gloo process
@@ -49,10 +51,13 @@ def setup_device(cfg: Config, launcher: str) -> List[str]:
     messages: List[str] = []
     if torch.cuda.is_available():
         return messages
-    converted = _sync_bn_to_bn(cfg.model)
+    converted = _sync_bn_to_cpu(cfg.model)
     if converted:
+        # Plain BN would normalise each process's share alone: different statistics and
+        # gradients from the GPU run. CPUSyncBN all-reduces them over the gloo group.
         messages.append(f'CUDA is not available: {converted} SyncBN norm config(s) in the model '
-                        'became BN (SyncBN needs CUDA).')
+                        "became 'CPUSyncBN' (torch's SyncBatchNorm needs CUDA; CPUSyncBN "
+                        'all-reduces the batch statistics over the gloo process group).')
     if cfg.get('sync_bn'):
         messages.append(f'CUDA is not available: sync_bn={cfg.sync_bn!r} ignored.')
         cfg.sync_bn = None

@@ -19,11 +19,10 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from dualformer_mm.utils import config_toolbox
+
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from runner_env import LAUNCHERS, setup_device, setup_scope, teardown_distributed  # noqa: E402
-
-TOOLBOXES = ('mmpretrain', 'mmdet', 'mmseg')
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a DualFormer model with mmengine.')
@@ -54,10 +53,7 @@ def load_config(path: str, cfg_options: dict = None) -> Config:
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    scope = cfg.get('default_scope')
-    if scope not in TOOLBOXES:
-        raise ValueError(f'{path}: default_scope must be one of {TOOLBOXES} (it picks the '
-                         f'toolbox), got {scope!r}')
+    config_toolbox(cfg, path)
     return cfg
 
 

@@ -26,7 +26,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--checkpoint', help='checkpoint file (random weights without it)')
     parser.add_argument('--out-file', default='cls_result.png', help='output PNG')
     parser.add_argument('--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
-    return parser.parse_args()
+    args = parser.parse_args()
+    from dualformer_mm.utils import require_toolbox_config
+    require_toolbox_config(parser, args.config, 'mmpretrain')
+    return args
 
 
 def main() -> None:

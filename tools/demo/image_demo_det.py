@@ -27,7 +27,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--out-file', default='det_result.png', help='output PNG')
     parser.add_argument('--score-thr', type=float, default=0.3, help='box score threshold')
     parser.add_argument('--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
-    return parser.parse_args()
+    args = parser.parse_args()
+    from dualformer_mm.utils import require_toolbox_config
+    require_toolbox_config(parser, args.config, 'mmdet')
+    return args
 
 
 def main() -> None:

@@ -29,6 +29,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not 0 < args.opacity <= 1:
         parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
+    from dualformer_mm.utils import require_toolbox_config
+    require_toolbox_config(parser, args.config, 'mmseg')
     return args
 
 

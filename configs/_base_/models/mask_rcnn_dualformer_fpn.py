@@ -14,8 +14,8 @@ model = dict(
         # Norm: the backbone is built of BatchNorm layers and detection trains with 2 images per
         # GPU, so, as OpenMMLab does for BN backbones that keep learning their statistics, the
         # layers become SyncBN: with 8 GPUs their statistics are over the whole batch of 16.
-        # tools/train.py turns SyncBN back into BN on a machine without CUDA (with a log line),
-        # and mmengine does the same for non-distributed runs. On one GPU with little memory,
+        # On a machine without CUDA tools/train.py swaps SyncBN for dualformer-mm's CPUSyncBN,
+        # which all-reduces the statistics over gloo (with a log line). On one small GPU,
         # `--cfg-options model.backbone.norm_eval=True` freezes the ImageNet statistics instead
         # (the ResNet recipe); it is not the default because the paper's backbones fine-tune.
         norm_cfg=dict(type='SyncBN', requires_grad=True),

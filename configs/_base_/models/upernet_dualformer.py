@@ -16,7 +16,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.1,
         # BatchNorm backbone with 4 images per GPU: SyncBN, like mmseg's heads, so statistics
-        # span the batch of 32. tools/train.py turns SyncBN back into BN without CUDA (logged).
+        # span the batch of 32. Without CUDA tools/train.py uses CPUSyncBN over gloo (logged).
         norm_cfg=dict(type='SyncBN', requires_grad=True),
         norm_eval=False,
         # ImageNet-1K initialisation (paper section 4.3). No weights are released yet, so

@@ -259,3 +259,41 @@ def test_pretrained_without_checkpoint_falls_back_to_default_init():
     model.init_weights()
     assert model.stages[1].blocks[0].ffn[0].weight.detach().std().item() == pytest.approx(
         0.02, rel=0.2)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_inference_paths_match_training_graph_path(arch):
+    # Without autograd the CPU FFN runs in tiles of pixels; with it, as plain 1x1 convs. And
+    # channels_last=False runs everything in NCHW. All three compute the same numbers.
+    torch.manual_seed(0)
+    model = DualFormer(arch=arch).eval()
+    nchw = DualFormer(arch=arch, channels_last=False).eval()
+    nchw.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 97, 131)
+    with torch.no_grad():
+        tiled = model(x)
+        plain_layout = nchw(x)
+    graph = model(x)
+    for a, b, c in zip(tiled, graph, plain_layout):
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        assert c.is_contiguous()
+        # fp32 summation order differs; over DualFormer-B's 50 blocks it reaches ~7e-5 on
+        # unit-scale outputs, while a wrong tile or layout changes them by O(1).
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=3e-4)
+        torch.testing.assert_close(a, c, rtol=1e-3, atol=3e-4)
+
+
+def test_batch_of_one():
+    model = DualFormer(arch='t', drop_path_rate=0.).train()
+    outs = model(torch.rand(1, 3, 96, 64))  # a 3x2 last stage: BatchNorm has 6 values
+    assert all(torch.isfinite(o).all() for o in outs)
+    # A 1x1 last stage: one value per channel, named instead of failing inside BatchNorm.
+    with pytest.raises(ValueError, match='batch of 1 image of 16x16 .* batch of at least 2'):
+        model(torch.rand(1, 3, 16, 16))
+    assert model(torch.rand(2, 3, 16, 16))[3].shape == (2, 320, 1, 1)
+    model.eval()
+    assert model(torch.rand(1, 3, 16, 16))[3].shape == (1, 320, 1, 1)
+    frozen_norms = DualFormer(arch='t', norm_eval=True).train()
+    assert frozen_norms(torch.rand(1, 3, 16, 16))[3].shape == (1, 320, 1, 1)
+    group_norm = DualFormer(arch='t', norm_cfg=dict(type='GN', num_groups=1)).train()
+    assert torch.isfinite(group_norm(torch.rand(1, 3, 16, 16))[3]).all()

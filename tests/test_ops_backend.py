@@ -173,3 +173,17 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     got = session.run(None, {'input': x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4)
+
+
+def test_whole_backbone_compiles_as_one_graph_in_a_fresh_process():
+    # In a fresh interpreter the extension is imported when the model is built, not traced on
+    # the first compiled call (which was a graph break per block and a recompile per block).
+    code = ('import torch, dualformer_mm; from dualformer_mm import DualFormer;'
+            'm = DualFormer(arch="t").eval();'
+            'e = torch._dynamo.explain(m)(torch.rand(1, 3, 64, 64));'
+            'print("graphs", e.graph_count, "breaks", e.graph_break_count)')
+    env = dict(__import__('os').environ, DUALFORMER_OPS='ext')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'graphs 1 breaks 0' in out.stdout, out.stdout[-2000:]

@@ -11,8 +11,8 @@ loaded on first use, so importing this package never needs a build.
 ``index_add`` (and the fused ``partition_mean`` returns it anyway), and K-Means is not on the
 default (LSH) path.
 """
-from ._backend import (extension_available, get_backend, load_extension, set_backend,
-                       use_backend)
+from ._backend import (extension_available, get_backend, load_extension, prepare_backend,
+                       set_backend, use_backend)
 from ._flops import FLOP_HANDLES, register_flop_handles
 from .lsh_hash import lsh_hash
 from .partition import (kmeans_assign_pytorch, lsh_hash_pytorch, partition_count_pytorch,
@@ -32,5 +32,5 @@ __all__ = [
     'partition_distribute', 'kmeans_assign', 'lsh_hash_pytorch', 'partition_count_pytorch',
     'partition_mean_pytorch', 'partition_softmax_pool_pytorch', 'partition_distribute_pytorch',
     'kmeans_assign_pytorch', 'get_backend', 'set_backend', 'use_backend', 'load_extension',
-    'extension_available', 'FLOP_HANDLES', 'register_flop_handles'
+    'prepare_backend', 'extension_available', 'FLOP_HANDLES', 'register_flop_handles'
 ]

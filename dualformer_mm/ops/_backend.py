@@ -154,6 +154,22 @@ def load_extension():
     return _state.ext
 
 
+def prepare_backend() -> str:
+    """Resolve the mode and, unless it is ``'reference'``, import the extension now.
+
+    Modules that call the ops run this when they are built: otherwise ``torch.compile``
+    would trace the first call's import (a graph break) and the state changes it makes (each
+    a recompile, until torch's recompile limit).
+
+    Returns:
+        str: The mode.
+    """
+    mode = get_backend()
+    if mode != 'reference':
+        load_extension()
+    return mode
+
+
 def extension_available(device: str = 'cpu') -> bool:
     """Whether the compiled kernels can serve tensors on ``device`` (``'cpu'`` or ``'cuda'``).
 

@@ -2,16 +2,35 @@
 """The partitions MHPA draws on an image (paper section 3.2, Figure 6).
 
 Records the partition codes every :class:`PartitionAttention` module computes during one
-forward pass and paints them over the image, one panel per stage (first block, first head).
+forward pass and paints them over the image: :func:`draw_partitions` writes one strip, one
+panel per stage (first block, first head); :func:`draw_partition_grid` writes a labelled
+matplotlib grid of every stage, and optionally every head and every block. The helpers
+:func:`build_backbone`, :func:`config_normalization`, :func:`preprocess_image` and
+:func:`synthetic_image` prepare a backbone and an input from a config of this repository; the
+analysis tools (``tools/visualization/partitions.py``, ``tools/analysis/fourier.py``) share
+them.
 """
+import contextlib
+import logging
 import math
-from typing import Dict, List, Tuple
+import os
+import os.path as osp
+import re
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
 from PIL import Image
 
-from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from dualformer_mm.models.backbones.dualformer import DualFormer, PartitionAttention
+from dualformer_mm.utils.complexity import build_model_from_cfg
+
+# ImageNet mean and std (RGB, 0-255), used when a config names no data preprocessor.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+_MODULE_NAME = re.compile(r'stages\.(\d+)\.blocks\.(\d+)\.attn$')
 
 # Distinct colours for up to 16 partitions.
 PALETTE = np.array([
@@ -80,19 +99,244 @@ def draw_partitions(image: np.ndarray, records: Dict[str, torch.Tensor], out_fil
     Returns:
         list[str]: The module names drawn, in panel order.
     """
-    height, width = image.shape[:2]
+    height = image.shape[0]
     names = []
     for name in records:
         stage = name.split('.blocks.')[0]
         if name.endswith('blocks.0.attn') and stage not in {n.split('.blocks.')[0] for n in names}:
             names.append(name)
-    panels = [image]
-    for name in names:
-        codes = records[name][0].numpy()
-        colours = PALETTE[codes % len(PALETTE)]
-        colours = np.asarray(Image.fromarray(colours).resize((width, height), Image.NEAREST))
-        panels.append((image * (1 - alpha) + colours * alpha).astype(np.uint8))
+    panels = [image] + [overlay_codes(image, records[name][0].numpy(), alpha) for name in names]
     gap = np.full((height, 4, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     Image.fromarray(row).save(out_file)
     return names
+
+
+def overlay_codes(image: np.ndarray, codes: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend the palette colour of each partition code, upsampled (nearest), into ``image``."""
+    height, width = image.shape[:2]
+    colours = PALETTE[codes % len(PALETTE)]
+    colours = np.asarray(Image.fromarray(colours).resize((width, height), Image.NEAREST))
+    return (image * (1 - alpha) + colours * alpha).astype(np.uint8)
+
+
+def select_partition_panels(records: Dict[str, torch.Tensor], all_heads: bool = False,
+                            all_blocks: bool = False) -> List[Dict]:
+    """The (module, head) pairs to draw, in stage, block and head order.
+
+    Args:
+        records (dict): Output of :func:`record_partitions`.
+        all_heads (bool): Every head of each drawn block, not just head 0. Defaults to False.
+        all_blocks (bool): Every block of each stage, not just block 0. Defaults to False.
+
+    Returns:
+        list[dict]: One dict per panel with ``module``, ``stage``, ``block`` and ``head``
+        (0-based) and ``codes`` (int64 array (h, w)).
+    """
+    panels = []
+    keyed = []
+    for name in records:
+        match = _MODULE_NAME.search(name)
+        if match is None:  # an MHPA module outside the stages: not a DualFormer layout
+            continue
+        keyed.append((int(match.group(1)), int(match.group(2)), name))
+    for stage, block, name in sorted(keyed):
+        if block and not all_blocks:
+            continue
+        codes = records[name]
+        for head in range(codes.shape[0] if all_heads else 1):
+            panels.append(dict(module=name, stage=stage, block=block, head=head,
+                               codes=codes[head].numpy()))
+    return panels
+
+
+def draw_partition_grid(image: np.ndarray, records: Dict[str, torch.Tensor], out_file: str,
+                        all_heads: bool = False, all_blocks: bool = False, alpha: float = 0.55,
+                        title: Optional[str] = None, columns: int = 5) -> List[Dict]:
+    """Write a labelled grid of the LSH partitions over the image, as in the paper's Figure 6.
+
+    Without ``all_heads`` the input and the panels fill rows of ``columns`` (by default one
+    row: the input and the first block of the four stages). With ``all_heads`` each drawn block
+    gets a row: the input, then one panel per head.
+
+    Args:
+        image (np.ndarray): RGB uint8 image (H, W, 3) the codes were computed on.
+        records (dict): Output of :func:`record_partitions`.
+        out_file (str): Image file to write (its folder is created).
+        all_heads (bool): Draw every head. Defaults to False.
+        all_blocks (bool): Draw every block of every stage. Defaults to False.
+        alpha (float): Opacity of the partition colours. Defaults to 0.55.
+        title (str, optional): Figure title.
+        columns (int): Panels per row without ``all_heads``. Defaults to 5.
+
+    Returns:
+        list[dict]: Per panel: ``module``, ``stage``, ``block``, ``head``, ``grid`` (h, w)
+        and ``num_partitions`` (the distinct codes in the panel).
+    """
+    # The object-oriented API draws without pyplot's global state or a display.
+    from matplotlib.figure import Figure
+
+    panels = select_partition_panels(records, all_heads, all_blocks)
+    if not panels:
+        raise ValueError('records hold no stages.<i>.blocks.<j>.attn module; pass the '
+                         'output of record_partitions on a DualFormer backbone')
+    if all_heads:
+        rows: List[List[Optional[Dict]]] = []
+        for panel in panels:
+            if panel['head'] == 0:
+                rows.append([None])  # None stands for the input image
+            rows[-1].append(panel)
+    else:
+        flat: List[Optional[Dict]] = [None] + panels
+        rows = [flat[i:i + columns] for i in range(0, len(flat), columns)]
+    num_cols = max(len(row) for row in rows)
+    height, width = image.shape[:2]
+    cell = 2.6
+    # Constrained layout leaves room for the suptitle, which tight_layout ignores.
+    fig = Figure(figsize=(cell * num_cols, cell * len(rows) * height / width + 0.6 * len(rows)),
+                 layout='constrained')
+    axes = fig.subplots(len(rows), num_cols, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(num_cols):
+            ax = axes[r][c]
+            ax.axis('off')
+            if c >= len(row):
+                continue
+            panel = row[c]
+            if panel is None:
+                ax.imshow(image)
+                ax.set_title('input', fontsize=9)
+                continue
+            ax.imshow(overlay_codes(image, panel['codes'], alpha))
+            count = len(np.unique(panel['codes']))
+            ax.set_title(f"stage {panel['stage'] + 1}, block {panel['block'] + 1}, "
+                         f"head {panel['head'] + 1}\n{count} partitions", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    folder = osp.dirname(osp.abspath(out_file))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(out_file, dpi=100)
+    return [dict(module=p['module'], stage=p['stage'], block=p['block'], head=p['head'],
+                 grid=list(p['codes'].shape), num_partitions=int(len(np.unique(p['codes']))))
+            for p in panels]
+
+
+@contextlib.contextmanager
+def quiet_mmengine() -> Iterator[None]:
+    """Hide mmengine's INFO lines (init_weights dumps one per tensor) inside the block."""
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def find_dualformer(model: torch.nn.Module) -> DualFormer:
+    """The model itself or its ``backbone`` when that is a :class:`DualFormer`."""
+    backbone = model if isinstance(model, DualFormer) else getattr(model, 'backbone', None)
+    if not isinstance(backbone, DualFormer):
+        raise ValueError(f'the model ({type(model).__name__}) has no DualFormer backbone; '
+                         'use a config of configs/mmpretrain, configs/mmdet or configs/mmseg')
+    return backbone
+
+
+def load_backbone_weights(backbone: torch.nn.Module, checkpoint: str) -> int:
+    """Load a classifier, detector, segmentor or backbone-only checkpoint into ``backbone``.
+
+    Keys under ``backbone.`` lose that prefix; the other parts of a full model (head, neck)
+    are skipped. Loading goes through mmengine's ``load_checkpoint`` (``weights_only``, with
+    the allowlist ``dualformer_mm`` installs on import).
+
+    Args:
+        backbone (nn.Module): The backbone to load into.
+        checkpoint (str): Path of the checkpoint.
+
+    Returns:
+        int: Number of the backbone's tensors the checkpoint provided.
+    """
+    from mmengine.runner import load_checkpoint
+
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'--checkpoint: no such file {checkpoint!r}')
+    revise = [(r'^module\.', ''), (r'^backbone\.', '')]
+    loaded = load_checkpoint(backbone, checkpoint, map_location='cpu', strict=False,
+                             revise_keys=revise)
+    state = loaded.get('state_dict', loaded)
+    keys = set()
+    for key in state:
+        for pattern, repl in revise:
+            key = re.sub(pattern, repl, key)
+        keys.add(key)
+    matched = len(keys & set(backbone.state_dict()))
+    if not matched:
+        raise ValueError(f'--checkpoint {checkpoint!r} holds no weights of this backbone '
+                         f'({type(backbone).__name__}); is it a checkpoint of this model?')
+    return matched
+
+
+def build_backbone(config: Union[str, Config], checkpoint: Optional[str] = None) -> DualFormer:
+    """Build the DualFormer backbone of a config of this repository, in eval mode.
+
+    The whole model is built in its toolbox's scope (so any of configs/mmpretrain, mmdet,
+    mmseg works), initialised with its ``init_cfg`` (as the Runner would before training), and
+    the checkpoint, if any, loaded on top.
+
+    Args:
+        config (str | Config): Config file or object.
+        checkpoint (str, optional): Checkpoint to load (see :func:`load_backbone_weights`).
+
+    Returns:
+        DualFormer: The backbone, in eval mode.
+    """
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    with quiet_mmengine():
+        backbone = find_dualformer(build_model_from_cfg(cfg))
+        backbone.init_weights()
+    if checkpoint:
+        load_backbone_weights(backbone, checkpoint)
+    return backbone.eval()
+
+
+def config_normalization(
+        config: Union[str, Config]) -> Tuple[Tuple[float, ...], Tuple[float, ...], bool]:
+    """Mean, std and channel order of a config's data preprocessor.
+
+    Looks at ``model.data_preprocessor`` (mmdet, mmseg) then the top-level
+    ``data_preprocessor`` (mmpretrain), and falls back to ImageNet's mean and std.
+
+    Returns:
+        tuple: ``mean`` and ``std`` (0-255, per channel) and ``rgb``: whether the model takes
+        RGB input (False when the preprocessor keeps OpenCV's BGR order).
+    """
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    for preprocessor in (cfg.model.get('data_preprocessor'), cfg.get('data_preprocessor')):
+        if preprocessor and preprocessor.get('mean') is not None:
+            rgb = bool(preprocessor.get('to_rgb', preprocessor.get('bgr_to_rgb', False)))
+            return (tuple(float(v) for v in preprocessor['mean']),
+                    tuple(float(v) for v in preprocessor.get('std', (1.0, 1.0, 1.0))), rgb)
+    return IMAGENET_MEAN, IMAGENET_STD, True
+
+
+def preprocess_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                     rgb: bool = True) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float tensor (1, 3, H, W), as the preprocessor does."""
+    pixels = image if rgb else image[..., ::-1]  # images are read BGR; the model never flipped
+    tensor = torch.from_numpy(np.array(pixels, dtype=np.float32)).permute(2, 0, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return ((tensor - mean_t) / std_t).unsqueeze(0)
+
+
+def synthetic_image(size: Tuple[int, int], seed: int = 0, num_objects: int = 3) -> np.ndarray:
+    """A synthetic scene of the demo's shapes (``dualformer_mm.demo``), RGB uint8 (H, W, 3)."""
+    from dualformer_mm.demo.synthetic import render_scene
+
+    height, width = size
+    side = max(height, width)
+    scene, _ = render_scene(np.random.RandomState(seed), side, num_objects,
+                            (side * 0.12, side * 0.3))
+    if (height, width) != (side, side):
+        scene = np.asarray(Image.fromarray(scene).resize((width, height), Image.BILINEAR))
+    return scene

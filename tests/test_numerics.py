@@ -83,3 +83,19 @@ def test_backbone_is_finite(backend, precision, case):
         outs = run(model, x, precision, reduce='mean')
     assert len(outs) == 4
     assert_finite(model, x, outs)
+
+
+@pytest.mark.parametrize('precision', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+def test_inference_under_autocast(precision):
+    # Eval without autograd takes the tiled CPU FFN in fp32; under autocast it must still run
+    # and agree with fp32 to half precision.
+    torch.manual_seed(0)
+    model = DualFormer('t').eval()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast('cpu', dtype=precision):
+            outs = model(x)
+    for out, ref in zip(outs, reference):
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.15)

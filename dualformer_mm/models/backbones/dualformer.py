@@ -300,7 +300,9 @@ class DualAttentionBlock(BaseModule):
 
     def _tiled_ffn_applies(self, x: Tensor) -> bool:
         """Whether this call is CPU inference, where the FFN may run in tiles."""
+        # Autocast does not reach the out= matmul of the tiles, so it keeps the plain path.
         return (x.device.type == 'cpu' and not self.training
+                and not torch.is_autocast_enabled('cpu')
                 and not (torch.is_grad_enabled()
                          and (x.requires_grad or self.ffn[0].weight.requires_grad))
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling()

@@ -264,7 +264,8 @@ def test_pretrained_without_checkpoint_falls_back_to_default_init():
 @pytest.mark.parametrize('arch', ARCHS)
 def test_inference_paths_match_training_graph_path(arch):
     # Without autograd the CPU FFN runs in tiles of pixels; with it, as plain 1x1 convs. And
-    # channels_last=False runs everything in NCHW. All three compute the same numbers.
+    # channels_last=False runs everything in NCHW. All three compute the same numbers, and
+    # all return contiguous NCHW tensors.
     torch.manual_seed(0)
     model = DualFormer(arch=arch).eval()
     nchw = DualFormer(arch=arch, channels_last=False).eval()
@@ -275,8 +276,7 @@ def test_inference_paths_match_training_graph_path(arch):
         plain_layout = nchw(x)
     graph = model(x)
     for a, b, c in zip(tiled, graph, plain_layout):
-        assert a.is_contiguous(memory_format=torch.channels_last)
-        assert c.is_contiguous()
+        assert a.is_contiguous() and c.is_contiguous()  # plain NCHW out, whatever inside
         # fp32 summation order differs; over DualFormer-B's 50 blocks it reaches ~7e-5 on
         # unit-scale outputs, while a wrong tile or layout changes them by O(1).
         torch.testing.assert_close(a, b, rtol=1e-3, atol=3e-4)

@@ -62,3 +62,30 @@ def test_import_needs_no_toolbox():
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]
+
+
+def test_detector_roi_features_match_nchw_backbone():
+    """Mask R-CNN's RoI features are the same with the channels-last backbone and an NCHW one.
+
+    mmcv's CPU RoIAlign reads raw NCHW memory whatever the strides: with channels-last
+    features it pooled garbage and the demo detector trained to a box AP of ~0.
+    """
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import mmdet.models  # noqa: F401
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/mmdet/mask_rcnn_dualformer_t_1x.py'))
+    cfg.model.backbone.norm_cfg = dict(type='BN')  # one process: SyncBN's statistics are BN's
+    models = []
+    for channels_last in (True, False):
+        cfg.model.backbone.channels_last = channels_last
+        models.append(MODELS.build(cfg.model).eval())
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.rand(1, 3, 96, 128)
+    rois = torch.tensor([[0., 4., 6., 60., 50.], [0., 30., 10., 120., 90.]])
+    with torch.no_grad():
+        pooled = [m.roi_head.bbox_roi_extractor(m.extract_feat(x)[:4], rois) for m in models]
+    torch.testing.assert_close(pooled[0], pooled[1], rtol=1e-4, atol=1e-5)

@@ -417,7 +417,7 @@ class DualFormer(BaseModule):
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         channels_last (bool): Run the network in the channels-last (NHWC) memory layout:
             the input is converted once, every layer keeps the layout, and the outputs are
-            NCHW-shaped tensors with channels-last strides. oneDNN and cuDNN run the 1x1 and
+            converted back to contiguous NCHW (one copy each). oneDNN and cuDNN run the 1x1 and
             depth-wise convolutions that dominate DualFormer faster in this layout (3.4 s ->
             1.8 s of convolution time for DualFormer-S at 224x224 batch 32 on a 2-core CPU,
             see docs/benchmarks.md), and MHPA's token views become free. The numbers
@@ -638,5 +638,7 @@ class DualFormer(BaseModule):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                # Back to contiguous NCHW: some consumers read raw NCHW memory regardless of
+                # strides (mmcv's CPU RoIAlign did, and Mask R-CNN's box AP fell to ~0).
+                outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)

@@ -60,8 +60,10 @@ class RandomStateHook(Hook):
             self._gather()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if get_world_size() == 1:
+            return
         hook = self._checkpoint_hook(runner)
-        if get_world_size() == 1 or hook is None or hook.by_epoch:
+        if hook is None or hook.by_epoch:
             return
         if self.every_n_train_iters(runner, hook.interval) or self.is_last_train_iter(runner):
             self._gather()

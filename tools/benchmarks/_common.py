@@ -591,6 +591,16 @@ def write_json(path: str, payload: Dict[str, Any]) -> None:
         f.write('\n')
 
 
+def write_outputs(args: Any, payload: Dict[str, Any], plot: Callable[[str], None]) -> None:
+    """Write ``payload`` to ``args.json`` and call ``plot(args.png)``, for those given."""
+    if args.json:
+        write_json(args.json, payload)
+        print(f'wrote {args.json}')
+    if args.png:
+        plot(args.png)
+        print(f'wrote {args.png}')
+
+
 def pyplot():
     """matplotlib.pyplot with a file-only backend (works without a display)."""
     import matplotlib

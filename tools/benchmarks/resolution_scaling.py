@@ -213,16 +213,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'building {", ".join(names)} ...', flush=True)
     rows = measure(names, args.sizes, args.batch, settings)
     print_table(rows, header)
-    if args.json:
-        common.write_json(args.json, dict(
-            benchmark='resolution_scaling', batch=args.batch,
-            sizes=[f'{h}x{w}' for h, w in args.sizes], rows=rows,
-            environment=common.describe_environment(settings)))
-        print(f'wrote {args.json}')
-    if args.png:
-        plot(rows, args.png, f'Backbone cost against input size, batch {args.batch}; '
-             f'{common.describe_settings(settings)}')
-        print(f'wrote {args.png}')
+    common.write_outputs(
+        args, dict(benchmark='resolution_scaling', batch=args.batch,
+                   sizes=[f'{h}x{w}' for h, w in args.sizes], rows=rows,
+                   environment=common.describe_environment(settings)),
+        lambda path: plot(rows, path, f'Backbone cost against input size, batch {args.batch}; '
+                          f'{common.describe_settings(settings)}'))
     return 1 if all(r['error'] for r in rows) else 0
 
 

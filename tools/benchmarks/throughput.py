@@ -167,15 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = measure(names, args.batch, args.size, settings)
     targets = check_targets(rows, args.batch, args.size, settings)
     print_table(rows, targets, header)
-    if args.json:
-        common.write_json(args.json, dict(
-            benchmark='throughput', batch=args.batch, size=args.size, rows=rows,
-            targets=targets, environment=common.describe_environment(settings)))
-        print(f'wrote {args.json}')
-    if args.png:
-        plot(rows, args.png, f'Backbone throughput, {args.size}x{args.size} batch '
-             f'{args.batch}\n{common.describe_settings(settings)}')
-        print(f'wrote {args.png}')
+    common.write_outputs(
+        args, dict(benchmark='throughput', batch=args.batch, size=args.size, rows=rows,
+                   targets=targets, environment=common.describe_environment(settings)),
+        lambda path: plot(rows, path, f'Backbone throughput, {args.size}x{args.size} batch '
+                          f'{args.batch}\n{common.describe_settings(settings)}'))
     return 1 if all(r['error'] for r in rows) else 0
 
 

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from mmengine.dist import get_rank, get_world_size
 from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -35,11 +36,6 @@ class _AllReduceSum(torch.autograd.Function):
         grad = grad.clone()
         dist.all_reduce(grad)
         return grad
-
-
-def _world_size() -> int:
-    """Processes in the default group, 1 when none is initialised."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @MODELS.register_module('CPUSyncBN')
@@ -99,7 +95,7 @@ class CPUSyncBatchNorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        world_size = _world_size()
+        world_size = get_world_size()
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats or world_size == 1:
             return super().forward(input)
@@ -116,7 +112,7 @@ class CPUSyncBatchNorm(_BatchNorm):
         # Row r holds process r's (count, mean, squared deviations); the others are zero, so
         # a sum over processes gathers all rows.
         rows = local.new_zeros(world_size, 1 + 2 * channels)
-        rows[dist.get_rank()] = torch.cat([count.view(1), mean, sq_dev])
+        rows[get_rank()] = torch.cat([count.view(1), mean, sq_dev])
         rows = _AllReduceSum.apply(rows)
         counts, means, sq_devs = rows[:, :1], rows[:, 1:1 + channels], rows[:, 1 + channels:]
         total = counts.sum()

@@ -1,9 +1,10 @@
 # Copyright (c) dualformer-mm contributors.
 """The backbone benchmarks of tools/benchmarks run and write well-formed outputs.
 
-``throughput.py`` (the speed comparison of the paper's Table 6, section 4.4) and
+``throughput.py`` (the speed comparison of the paper's Table 6, section 4.4),
 ``resolution_scaling.py`` (cost against input size, the linear-complexity claim of section
-3.2) run as subprocesses at tiny settings; the tests check the JSON fields, that the numbers
+3.2) and ``bench_ops.py`` (the fused partition ops against their reference) run as
+subprocesses at tiny settings; the tests check the JSON fields, that the numbers
 are positive and the PNGs exist, and the errors for bad requests. No timing is asserted:
 the scripts print ratios for people to read, and a shared CI machine makes any threshold
 flaky.
@@ -119,3 +120,23 @@ def test_cuda_without_gpu_is_a_clear_error():
     assert result.returncode == 2
     assert 'argument --device: cuda was requested' in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_bench_ops_json_rows():
+    # Both shapes, every op, with the forward/backward split; one timed call each.
+    result = _run(['tools/benchmarks/bench_ops.py', '--repeat', '1', '--threads', '1',
+                   '--split', '--json'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout[result.stdout.index('['):])
+    ops = {(r['op'], r['shape']) for r in rows}
+    for shape in ('224x224 b32', '800x1280 b1'):
+        for op in ('lsh_hash', 'partition_softmax_pool', 'partition_mean',
+                   'partition_distribute', 'pipeline', 'mhpa',
+                   'partition_distribute:forward', 'partition_distribute:backward',
+                   'partition_mean:backward', 'partition_softmax_pool:forward'):
+            assert (op, shape) in ops, (op, shape)
+    for r in rows:
+        assert set(r) == {'op', 'shape', 'device', 'reference_ms', 'ext_ms', 'speedup'}
+        assert r['device'] == 'cpu'
+        assert _positive(r['reference_ms']) and _positive(r['ext_ms'])
+        assert r['speedup'] == pytest.approx(r['reference_ms'] / r['ext_ms'])

@@ -62,6 +62,58 @@ def test_lsh_hash_equals_reference(device, dtype, rtol, atol):
 
 
 @pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('bits', [1, 2, 3, 4, 5, 9, 62])
+@pytest.mark.parametrize('tokens', [1, 11, 12, 13, 100])
+def test_lsh_hash_plane_counts_and_tiles(device, bits, tokens):
+    # The CPU kernel projects tiles of 12 tokens onto 4 planes at a time: every remainder.
+    for dim in (1, 7, 32):
+        x = torch.randn(2, 3, tokens, dim, device=device)
+        planes = torch.randn(3, dim, bits, device=device)
+        codes = ops.lsh_hash(x, planes)
+        assert torch.equal(codes, reference('lsh_hash', x, planes)), (bits, tokens, dim)
+        assert codes.min() >= 0 and codes.max() < 2 ** bits
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_lsh_hash_signs_on_and_near_planes(device, dtype):
+    planes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], device=device)  # (D=3, P=2)
+    x = torch.tensor([[[0.0, 0.0, 0.0],            # on both planes: proj 0 counts as positive
+                       [-0.0, -0.0, -0.0],         # -0.0 too, as in `proj >= 0`
+                       [1e8, -1.0, -1e8],          # exact proj (-1, 1e8 + 1 - 1e8)
+                       [float('nan'), 1.0, 1.0],   # NaN is not >= 0
+                       [1.0, 2.0, -3.0]]],         # exactly on plane 0, not on plane 1
+                     device=device, dtype=dtype)
+    # Token 2 in float32 arithmetic: 1e8 + (-1) rounds to 1e8 and the projection onto plane 0
+    # would come out 0 (bit set); in float64 it is exactly -1 (bit clear).
+    want = [[3, 3, 2, 0, 1]]
+    assert ops.lsh_hash(x, planes).tolist() == want
+    assert reference('lsh_hash', x, planes).tolist() == want
+
+
+def test_sums_do_not_depend_on_thread_count():
+    # 5000 tokens: several chunks per group, summed in a fixed order whatever the threads.
+    scores, values, codes = make_inputs(2, 5000, 48, 8, 'cpu', torch.float32)
+    grad = torch.randn(2, 5000, 48)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append((
+                ops.partition_mean(values, codes, 8),
+                torch.ops.dualformer.partition_distribute_backward(grad, codes, 8),
+                ops.partition_softmax_pool(scores, values, codes, 8)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert torch.equal(other[0][0], results[0][0][0])
+        assert torch.equal(other[0][1], results[0][0][1])
+        assert torch.equal(other[1], results[0][1])
+        assert torch.equal(other[2], results[0][2])
+
+
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype,rtol,atol', DTYPES)
 def test_pools_forward_backward_match_reference(device, dtype, rtol, atol):
     g, n, d, k = 5, 203, 40, 8

@@ -1,9 +1,11 @@
 # Copyright (c) dualformer-mm contributors.
 """``lsh_hash``: the LSH partition generator of MHPA (paper section 3.2, eqs. 4-5).
 
-The fused op computes the projection with the same ATen call as the reference (so the codes
-are bit-identical) and packs the sign bits in one kernel. Codes are not differentiable: the
-partition is a discrete assignment, as in the paper.
+Both paths project in float64 (see :func:`lsh_hash_pytorch`), so their codes are identical
+for any input whose projections are not within about 1e-15 (relative) of a hyperplane. On CPU
+the fused kernel projects and packs the sign bits in one pass; on CUDA it packs the bits of
+the reference's float64 einsum. Codes are not differentiable: the partition is a discrete
+assignment, as in the paper.
 """
 import torch
 from torch import Tensor

@@ -28,14 +28,21 @@ def lsh_hash_pytorch(x: Tensor, planes: Tensor) -> Tensor:
         planes (Tensor): Hyperplane normals of shape (D, P) shared by all groups, or
             (H, D, P) with one set per head when ``x`` is (B, H, N, D).
 
+    The projections are computed in float64 whatever the input dtype. Products of float32
+    (or half) values are exact there, so the sign of a projection, and hence the code, does
+    not depend on the order in which a backend sums over channels (MKL, OpenBLAS, cuBLAS, the
+    fused kernels) unless it lies within about ``D * 2**-53 * sum_d |x_d w_d|`` of zero. In
+    float32 two correct orders disagree on about one projection in 10**5, so CPU and GPU
+    runs, or the reference and a kernel, would partition some tokens differently.
+
     Returns:
         Tensor: int64 codes of shape ``x.shape[:-1]``.
     """
     if planes.dim() == 3:
         # (B, H, N, D) x (H, D, P) -> (B, H, N, P)
-        proj = torch.einsum('bhnd,hdp->bhnp', x, planes.to(x.dtype))
+        proj = torch.einsum('bhnd,hdp->bhnp', x.double(), planes.double())
     else:
-        proj = torch.matmul(x, planes.to(x.dtype))
+        proj = torch.matmul(x.double(), planes.double())
     bits = (proj >= 0).long()
     weights = 2 ** torch.arange(planes.shape[-1], device=x.device, dtype=torch.long)
     return (bits * weights).sum(-1)

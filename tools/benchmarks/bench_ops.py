@@ -8,16 +8,19 @@ DualFormer-T (64 channels, 32 of them for MHPA, 1 head, K = 8, k = 4):
 * ``224x224 b32``: 32 groups of 14x14 = 196 tokens.
 * ``800x1280 b1``: 1 group of 50x80 = 4000 tokens.
 
-Both backends run in the same process, interleaved; the time is the median of ``--repeat``
-runs. ``--profile`` also measures, with torch.profiler, the share of DualFormer-T's
+Both backends run in the same process, taking turns call by call; the time is the median
+of ``--repeat`` runs. ``--split`` adds the forward and the backward of each differentiable op
+on their own. ``--profile`` also measures, with torch.profiler, the share of DualFormer-T's
 forward+backward at 800x1280 spent in the partition ops with each backend.
 
 Example:
     python tools/benchmarks/bench_ops.py                # table
     python tools/benchmarks/bench_ops.py --json         # list of {op, shape, device, ...}
+    python tools/benchmarks/bench_ops.py --split        # plus forward and backward rows
     python tools/benchmarks/bench_ops.py --profile      # plus the DualFormer-T profile
 """
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -42,40 +45,73 @@ def sync(device: str) -> None:
 
 def timeit(fn: Callable[[], None], device: str, repeat: int, warmup: int = 3) -> float:
     """Median milliseconds of ``fn``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return timeit_backends({'': fn}, device, repeat, warmup)['']
+
+
+def timeit_backends(fns: Dict[str, Callable[[], None]], device: str, repeat: int,
+                    warmup: int = 3) -> Dict[str, float]:
+    """Median milliseconds of each ``fns[backend]`` run under that op backend.
+
+    The backends take turns call by call (in alternating order), so a slow spell of a shared
+    machine lands on both instead of on whichever ran during it.
+    """
+    names = list(fns)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for i in range(warmup + repeat):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            with ops.use_backend(name) if name else contextlib.nullcontext():
+                sync(device)
+                start = time.perf_counter()
+                fns[name]()
+                sync(device)
+                if i >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def make_inputs(shape: Tuple[int, int, int], device: str) -> Dict[str, Tensor]:
+    """Stage-1 tokens, values, planes, codes and partition features at one image shape."""
+    batch, height, width = shape
+    h, w = height // 4 // SR, width // 4 // SR
+    g, n, d = batch * HEADS, h * w, DIMS // HEADS
+    gen = torch.Generator().manual_seed(0)
+    # MHPA hashes (B, heads, n, d) tokens with per-head planes, then pools (B*heads, n, d).
+    x = torch.randn(g, n, d, generator=gen).to(device).requires_grad_()
+    v = torch.randn(g, n, d, generator=gen).to(device).requires_grad_()
+    planes = torch.randn(HEADS, d, 3, generator=gen).to(device)
+    codes = ops.lsh_hash(x.detach().view(batch, HEADS, n, d), planes).view(g, n)
+    pooled = torch.randn(g, PARTS, 2 * d, generator=gen).to(device).requires_grad_()
+    return dict(x=x, v=v, planes=planes, codes=codes, pooled=pooled)
 
 
 def make_cases(shape: Tuple[int, int, int], device: str) -> Dict[str, Callable[[], None]]:
     """Forward+backward closures of every benchmarked op at one stage-1 shape."""
     batch, height, width = shape
-    h, w = height // 4 // SR, width // 4 // SR
-    g, n, d = batch * HEADS, h * w, DIMS // HEADS
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(g, n, d, generator=gen).to(device).requires_grad_()
-    v = torch.randn(g, n, d, generator=gen).to(device).requires_grad_()
-    planes = torch.randn(d, 3, generator=gen).to(device)
-    codes = ops.lsh_hash(x.detach(), planes)
-    pooled = torch.randn(g, PARTS, 2 * d, generator=gen).to(device).requires_grad_()
-    attn = PartitionAttention(DIMS, HEADS, num_partitions=PARTS, sr_ratio=SR).to(device)
-    image = torch.randn(batch, DIMS, height // 4, width // 4, generator=gen).to(device)
+    t = make_inputs(shape, device)
+    x, v, planes, codes, pooled = t['x'], t['v'], t['planes'], t['codes'], t['pooled']
+    tokens = x.detach().view(batch, HEADS, -1, x.shape[-1])
+    gen = torch.Generator().manual_seed(1)
+    # Channels-last weights and feature map, as DualFormer runs its blocks by default.
+    attn = PartitionAttention(DIMS, HEADS, num_partitions=PARTS, sr_ratio=SR).to(
+        device, memory_format=torch.channels_last)
+    image = torch.randn(batch, DIMS, height // 4, width // 4, generator=gen).to(
+        device, memory_format=torch.channels_last)
     image.requires_grad_()
 
+    grads: Dict[Tuple, Tensor] = {}
+
     def backward(out: Tensor) -> None:
-        out.backward(torch.ones_like(out))
+        # The upstream gradient is made once per shape: allocating and filling it is not the
+        # op's work (and a fresh 1.6 MB buffer per call added allocator noise to both sides).
+        key = (tuple(out.shape), out.dtype)
+        if key not in grads:
+            grads[key] = torch.ones_like(out)
+        out.backward(grads[key])
 
     def pipeline() -> None:
         # MHPA's partition branch from tokens to the distributed features, as in forward().
         with torch.no_grad():
-            c = ops.lsh_hash(x, planes)
+            c = ops.lsh_hash(tokens, planes).view(codes.shape)
         soft = ops.partition_softmax_pool(x, v, c, PARTS)
         desc, counts = ops.partition_mean(v, c, PARTS)
         weight = (counts > 0).to(desc.dtype)
@@ -83,7 +119,7 @@ def make_cases(shape: Tuple[int, int, int], device: str) -> Dict[str, Callable[[
         backward(ops.partition_distribute(torch.cat([soft, desc * weight.unsqueeze(-1)], -1), c))
 
     return {
-        'lsh_hash': lambda: ops.lsh_hash(x.detach(), planes),
+        'lsh_hash': lambda: ops.lsh_hash(tokens, planes),
         'partition_softmax_pool': lambda: backward(ops.partition_softmax_pool(x, v, codes, PARTS)),
         'partition_mean': lambda: backward(ops.partition_mean(v, codes, PARTS)[0]),
         'partition_distribute': lambda: backward(ops.partition_distribute(pooled, codes)),
@@ -92,17 +128,54 @@ def make_cases(shape: Tuple[int, int, int], device: str) -> Dict[str, Callable[[
     }
 
 
-def bench(device: str, repeat: int) -> List[Dict]:
+# The differentiable ops: their inputs that take a gradient, and the call.
+DIFFERENTIABLE = {
+    'partition_softmax_pool': (('x', 'v'), lambda t: ops.partition_softmax_pool(
+        t['x'], t['v'], t['codes'], PARTS)),
+    'partition_mean': (('v',), lambda t: ops.partition_mean(t['v'], t['codes'], PARTS)[0]),
+    'partition_distribute': (('pooled',), lambda t: ops.partition_distribute(
+        t['pooled'], t['codes'])),
+}
+
+
+def bench_split(shape_name: str, device: str, repeat: int) -> List[Dict]:
+    """Forward alone and backward alone of each differentiable op (``--split``).
+
+    The forward runs without autograd; the backward is ``torch.autograd.grad`` of an output
+    made once per backend (``retain_graph``), so it times the backward kernels and the autograd
+    engine, not the forward.
+    """
+    t = make_inputs(SHAPES[shape_name], device)
+    rows = []
+    for op, (names, call) in DIFFERENTIABLE.items():
+        with torch.no_grad():
+            fwd = timeit_backends({b: lambda: call(t) for b in ('reference', 'ext')}, device,
+                                  repeat)
+        bwd_fns = {}
+        for backend in ('reference', 'ext'):
+            with ops.use_backend(backend):
+                out = call(t)
+            grad = torch.ones_like(out)
+            bwd_fns[backend] = (lambda out=out, grad=grad: torch.autograd.grad(
+                out, [t[name] for name in names], grad, retain_graph=True))
+        bwd = timeit_backends(bwd_fns, device, repeat)
+        for part, ms in (('forward', fwd), ('backward', bwd)):
+            rows.append(dict(op=f'{op}:{part}', shape=shape_name, device=device,
+                             reference_ms=ms['reference'], ext_ms=ms['ext'],
+                             speedup=ms['reference'] / ms['ext']))
+    return rows
+
+
+def bench(device: str, repeat: int, split: bool = False) -> List[Dict]:
     rows = []
     for shape_name, shape in SHAPES.items():
         cases = make_cases(shape, device)
         for op, fn in cases.items():
-            ms = {}
-            for backend in ('reference', 'ext'):
-                with ops.use_backend(backend):
-                    ms[backend] = timeit(fn, device, repeat)
+            ms = timeit_backends({'reference': fn, 'ext': fn}, device, repeat)
             rows.append(dict(op=op, shape=shape_name, device=device, reference_ms=ms['reference'],
                              ext_ms=ms['ext'], speedup=ms['reference'] / ms['ext']))
+        if split:
+            rows.extend(bench_split(shape_name, device, repeat))
     return rows
 
 
@@ -168,22 +241,24 @@ def main() -> None:
     parser.add_argument('--profile', action='store_true',
                         help='also profile DualFormer-T forward+backward at 800x1280')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--split', action='store_true',
+                        help='also time the forward and the backward of each op on their own')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if ops.load_extension() is None or not ops.extension_available(args.device):
         raise SystemExit(f'the extension cannot run on {args.device}: '
                          f'{ops._backend._missing(args.device)}')
-    rows = bench(args.device, args.repeat)
+    rows = bench(args.device, args.repeat, args.split)
     profile = profile_backbone(args.device, max(3, args.repeat // 5)) if args.profile else []
     if args.json:
         print(json.dumps(rows + [dict(op='dualformer_t_profile', shape='800x1280 b1',
                                       device=args.device, **p) for p in profile], indent=1))
         return
     print(f'device={args.device} threads={torch.get_num_threads()} repeat={args.repeat}')
-    print(f'{"op":<24}{"shape":<14}{"reference ms":>14}{"ext ms":>10}{"speedup":>9}')
+    print(f'{"op":<32}{"shape":<14}{"reference ms":>14}{"ext ms":>10}{"speedup":>9}')
     for r in rows:
-        print(f'{r["op"]:<24}{r["shape"]:<14}{r["reference_ms"]:>14.3f}{r["ext_ms"]:>10.3f}'
+        print(f'{r["op"]:<32}{r["shape"]:<14}{r["reference_ms"]:>14.3f}{r["ext_ms"]:>10.3f}'
               f'{r["speedup"]:>8.2f}x')
     for p in profile:
         print(f'DualFormer-T 800x1280 fwd+bwd, {p["backend"]:>9}: step {p["step_ms"]:.1f} ms '

@@ -1,12 +1,16 @@
 // Copyright (c) dualformer-mm contributors.
 // dualformer::lsh_hash: the LSH partition generator of MHPA (paper section 3.2, eqs. 4-5).
 //
-// The projection onto the hyperplanes is the same ATen call the PyTorch reference makes
-// (einsum for per-head planes, matmul for shared planes), so the projections, and hence the
-// codes, are bit-identical to the reference's; a hand-written dot product would sum in another
-// order and flip the sign of projections within rounding of zero. What the kernel fuses is the
-// rest: comparison, powers of two and the sum over bits, one pass instead of five ops and
-// three int64 temporaries.
+// Projections are computed in float64, as in the PyTorch reference: the products of float32
+// (or half) inputs are exact there, so the sign of a projection, and hence the code, does not
+// depend on the order in which a backend sums over channels (ATen's einsum, cuBLAS, the CPU
+// kernel below) unless the projection lies within about D * 2^-53 of sum_d |x_d w_d| from a
+// hyperplane. In float32 a different order flips about one projection in 10^5 (those within
+// rounding of zero), which would make the codes of two correct implementations disagree.
+//
+// CPU: one fused kernel projects and packs the sign bits; BLAS is slow for a (N x D) @ (D x P)
+// product with P = 2-4 columns (MKL's took 60% of the reference's time). CUDA: the
+// reference's einsum in float64, then a kernel packs the bits.
 #include <ATen/ops/einsum.h>
 #include <ATen/ops/matmul.h>
 #include <torch/library.h>
@@ -19,22 +23,33 @@ Tensor lsh_hash(const Tensor& x, const Tensor& planes) {
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be floating point, got ",
               x.scalar_type());
   TORCH_CHECK(x.device() == planes.device(), "x and planes must share a device");
-  Tensor proj;
-  if (planes.dim() == 3) {
+  const bool per_head = planes.dim() == 3;
+  if (per_head) {
     TORCH_CHECK(x.dim() == 4 && x.size(1) == planes.size(0) && x.size(3) == planes.size(1),
                 "per-head planes (H, D, P) need x of shape (B, H, N, D); got x ", x.sizes(),
                 " and planes ", planes.sizes());
-    proj = at::einsum("bhnd,hdp->bhnp", {x, planes.to(x.scalar_type())});
   } else {
-    TORCH_CHECK(planes.dim() == 2 && x.size(-1) == planes.size(0),
+    TORCH_CHECK(planes.dim() == 2 && x.dim() >= 1 && x.size(-1) == planes.size(0),
                 "shared planes must be (D, P) with D = x.size(-1); got x ", x.sizes(),
                 " and planes ", planes.sizes());
-    proj = at::matmul(x, planes.to(x.scalar_type()));
   }
   // Codes are int64: 62 bits keep 2^P positive and far beyond any useful partition count.
   TORCH_CHECK(planes.size(-1) >= 1 && planes.size(-1) <= 62, "1 to 62 planes supported, got ",
               planes.size(-1));
-  return DUALFORMER_DISPATCH_DEVICE(proj, lsh_pack, proj.contiguous());
+#ifdef WITH_CUDA
+  if (x.is_cuda()) {
+    const Tensor xd = x.to(at::kDouble), wd = planes.to(at::kDouble);
+    const Tensor proj = per_head ? at::einsum("bhnd,hdp->bhnp", {xd, wd}) : at::matmul(xd, wd);
+    return lsh_pack_cuda(proj.contiguous());
+  }
+#else
+  check_not_cuda(x, "lsh_hash");
+#endif
+  if (per_head) return lsh_hash_cpu(x, planes);
+  // Shared planes: every leading dimension is one group of tokens of a single "head".
+  auto sizes = x.sizes().vec();
+  sizes.pop_back();
+  return lsh_hash_cpu(x.reshape({1, 1, -1, x.size(-1)}), planes.unsqueeze(0)).view(sizes);
 }
 
 }  // namespace dualformer

@@ -18,8 +18,9 @@ namespace dualformer {
 
 using at::Tensor;
 
-// Packs the sign bits of projections (..., P) into codes (...): code = sum_b 2^b [proj_b >= 0].
-Tensor lsh_pack_cpu(const Tensor& proj);
+// Fused LSH hash: x (B, H, N, D) with any strides, planes (H, D, P); codes (B, H, N) with
+// code = sum_b 2^b [x . planes[:, b] >= 0], the projection computed in float64.
+Tensor lsh_hash_cpu(const Tensor& x, const Tensor& planes);
 // Softmax pooling forward: pooled (G, K, D) in the values' dtype and stats (2, G, K, D) in the
 // accumulation dtype: stats[0] = log-sum-exp of the partition's scores (-inf when it is
 // empty), stats[1] = pooled before rounding to a half dtype (the backward needs v - pooled
@@ -36,6 +37,7 @@ Tensor distribute_forward_cpu(const Tensor& pooled, const Tensor& codes);
 Tensor distribute_backward_cpu(const Tensor& grad, const Tensor& codes, int64_t num_partitions);
 
 #ifdef WITH_CUDA
+// Packs the sign bits of projections (..., P) into codes (...): code = sum_b 2^b [proj_b >= 0].
 Tensor lsh_pack_cuda(const Tensor& proj);
 std::tuple<Tensor, Tensor> softmax_pool_forward_cuda(const Tensor& scores, const Tensor& values,
                                                      const Tensor& codes, int64_t num_partitions);

@@ -46,6 +46,101 @@ inline float fast_exp(float x) {
 }
 inline double fast_exp(double x) { return std::exp(x); }
 
+// Tokens hashed together: their projections accumulate side by side, one SIMD lane per token,
+// so the sum over channels stays sequential for every token and still vectorises.
+constexpr int64_t kHashTile = 12;
+constexpr int64_t kMaxPlanes = 62;
+
+// Projections of one tile onto P planes: acc[p * kHashTile + t] = sum_d xt[d * kHashTile + t]
+// * w[d * stride + p]. The P x kHashTile accumulators are P x 3 vectors of 4 doubles held in
+// registers (with P <= 4 they fit in AVX2's 16, with the planes and one input vector). GCC's
+// auto-vectoriser shuffled them through the stack instead, hence GCC/Clang vector types,
+// which compile to AVX2 in the avx2 build and to SSE2 pairs in the base one.
+typedef double v4d __attribute__((vector_size(32)));
+// The same type for loads from 8-byte aligned addresses.
+typedef double v4d_u __attribute__((vector_size(32), aligned(8)));
+constexpr int64_t kHashVecs = kHashTile / 4;
+
+template <int P>
+inline void project_tile(const double* xt, const double* w, int64_t dim, int64_t stride,
+                         double* acc) {
+  v4d a[P][kHashVecs];
+  for (int p = 0; p < P; ++p)
+    for (int64_t v = 0; v < kHashVecs; ++v) a[p][v] = v4d{0.0, 0.0, 0.0, 0.0};
+  for (int64_t d = 0; d < dim; ++d) {
+    const double* xd = xt + d * kHashTile;
+    double wp[P];
+    for (int p = 0; p < P; ++p) wp[p] = w[d * stride + p];
+    for (int64_t v = 0; v < kHashVecs; ++v) {
+      const v4d xv = *reinterpret_cast<const v4d_u*>(xd + 4 * v);
+      for (int p = 0; p < P; ++p) a[p][v] += xv * wp[p];
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int64_t v = 0; v < kHashVecs; ++v)
+      for (int i = 0; i < 4; ++i) acc[p * kHashTile + 4 * v + i] = a[p][v][i];
+}
+
+// Projections of one tile onto all `bits` planes, four at a time.
+inline void project_planes(const double* xt, const double* w, int64_t dim, int64_t bits,
+                           double* acc) {
+  for (int64_t p0 = 0; p0 < bits; p0 += 4) {
+    double* out = acc + p0 * kHashTile;
+    switch (std::min<int64_t>(bits - p0, 4)) {
+      case 1: project_tile<1>(xt, w + p0, dim, bits, out); break;
+      case 2: project_tile<2>(xt, w + p0, dim, bits, out); break;
+      case 3: project_tile<3>(xt, w + p0, dim, bits, out); break;
+      default: project_tile<4>(xt, w + p0, dim, bits, out); break;
+    }
+  }
+}
+
+// Fused LSH hash (eqs. 4-5): project every token onto its head's planes in float64 and pack
+// the sign bits. x is (B, H, N, D) with any strides; planes (H, D, P) float64, contiguous.
+// The products of float32 (or half) values are exact in float64, so the computed sign agrees
+// with any other float64 summation order (ATen's einsum, cuBLAS) unless the projection lies
+// within about D * 2^-53 * sum_d |x_d w_d| of zero.
+template <typename scalar_t>
+void lsh_hash_kernel(const scalar_t* x, const double* planes, int64_t* codes, int64_t batch,
+                     int64_t heads, int64_t tokens, int64_t dim, int64_t bits,
+                     const int64_t* strides) {
+  const int64_t sb = strides[0], sh = strides[1], sn = strides[2], sd = strides[3];
+  const int64_t tiles = (tokens + kHashTile - 1) / kHashTile;
+  at::parallel_for(0, batch * heads * tiles, 4, [&](int64_t begin, int64_t end) {
+    std::vector<double> xt(dim * kHashTile);
+    double acc[kMaxPlanes * kHashTile];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tile = task % tiles, bh = task / tiles, h = bh % heads, b = bh / heads;
+      const int64_t n0 = tile * kHashTile, count = std::min(kHashTile, tokens - n0);
+      const scalar_t* src = x + b * sb + h * sh + n0 * sn;
+      // Transposed to (D, tile) in float64; lanes past the last token hash zeros, never
+      // written out.
+      // Read along the smaller stride: tokens are rows of channels in channels-last maps and
+      // columns in NCHW ones (MHPA's tokens are a transposed view of the feature map).
+      if (sd <= sn) {
+        for (int64_t t = 0; t < count; ++t)
+          for (int64_t d = 0; d < dim; ++d)
+            xt[d * kHashTile + t] = static_cast<double>(src[t * sn + d * sd]);
+      } else {
+        for (int64_t d = 0; d < dim; ++d)
+          for (int64_t t = 0; t < count; ++t)
+            xt[d * kHashTile + t] = static_cast<double>(src[t * sn + d * sd]);
+      }
+      for (int64_t t = count; t < kHashTile; ++t)
+        for (int64_t d = 0; d < dim; ++d) xt[d * kHashTile + t] = 0.0;
+      project_planes(xt.data(), planes + h * dim * bits, dim, bits, acc);
+      int64_t* out = codes + bh * tokens + n0;
+      for (int64_t t = 0; t < count; ++t) {
+        int64_t code = 0;
+        // Same test as the reference, `proj >= 0`: -0.0 counts as positive, NaN as negative.
+        for (int64_t p = 0; p < bits; ++p)
+          code |= static_cast<int64_t>(acc[p * kHashTile + t] >= 0.0) << p;
+        out[t] = code;
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void softmax_pool_forward_kernel(const scalar_t* scores, const scalar_t* values,
                                  const int64_t* codes, scalar_t* pooled,
@@ -122,6 +217,25 @@ void softmax_pool_forward_kernel(const scalar_t* scores, const scalar_t* values,
   });
 }
 
+// Softmax pooling's backward for `width` channels of one token (Width > 0: a compile-time
+// width, which the compiler vectorises).
+template <typename scalar_t, int64_t Width>
+inline void softmax_pool_backward_block(const scalar_t* grad, const scalar_t* s,
+                                        const scalar_t* v,
+                                        const at::opmath_type<scalar_t>* lse,
+                                        const at::opmath_type<scalar_t>* pooled,
+                                        scalar_t* __restrict__ gs, scalar_t* __restrict__ gv,
+                                        int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = Width > 0 ? Width : width;
+  for (int64_t c = 0; c < n; ++c) {
+    const acc_t w = fast_exp(static_cast<acc_t>(s[c]) - lse[c]);
+    const acc_t go = w * static_cast<acc_t>(grad[c]);
+    gv[c] = static_cast<scalar_t>(go);
+    gs[c] = static_cast<scalar_t>(go * (static_cast<acc_t>(v[c]) - pooled[c]));
+  }
+}
+
 template <typename scalar_t>
 void softmax_pool_backward_kernel(const scalar_t* grad, const scalar_t* scores,
                                   const scalar_t* values, const int64_t* codes,
@@ -144,19 +258,70 @@ void softmax_pool_backward_kernel(const scalar_t* grad, const scalar_t* scores,
       const scalar_t* v = values + i * dim;
       scalar_t* gs = grad_scores + i * dim;
       scalar_t* gv = grad_values + i * dim;
-      // w = softmax weight of this token; d out/d v = w, d out/d s = w (v - out). In blocks,
-      // so that the exp loop vectorises.
-      acc_t w[kBlock];
-      for (int64_t c0 = 0; c0 < dim; c0 += kBlock) {
-        const int64_t width = std::min(kBlock, dim - c0);
-        for (int64_t c = 0; c < width; ++c) w[c] = static_cast<acc_t>(s[c0 + c]) - lse[p + c0 + c];
-        for (int64_t c = 0; c < width; ++c) w[c] = fast_exp(w[c]);
-        for (int64_t c = 0; c < width; ++c) {
-          const acc_t go = w[c] * static_cast<acc_t>(grad[p + c0 + c]);
-          gv[c0 + c] = static_cast<scalar_t>(go);
-          gs[c0 + c] = static_cast<scalar_t>(go * (static_cast<acc_t>(v[c0 + c]) - pooled[p + c0 + c]));
+      // w = softmax weight of this token; d out/d v = w, d out/d s = w (v - out). In blocks
+      // of kBlock channels: full blocks have a fixed trip count, so the whole body, exp
+      // included, vectorises; a tail block (D not a multiple of kBlock) runs the same code.
+      int64_t c0 = 0;
+      for (; c0 + kBlock <= dim; c0 += kBlock)
+        softmax_pool_backward_block<scalar_t, kBlock>(grad + p + c0, s + c0, v + c0,
+                                                      lse + p + c0, pooled + p + c0, gs + c0,
+                                                      gv + c0, kBlock);
+      if (c0 < dim)
+        softmax_pool_backward_block<scalar_t, 0>(grad + p + c0, s + c0, v + c0, lse + p + c0,
+                                                 pooled + p + c0, gs + c0, gv + c0, dim - c0);
+    }
+  });
+}
+
+// Tokens per task of the per-partition sums: a task sums whole rows of one group's chunk of
+// tokens into a K x D buffer, then the chunks' partial sums are added in chunk order. The
+// chunking depends on the shape only, so the result does not depend on the number of threads;
+// whole rows (not 16-channel blocks, as in the softmax pooling) let the adds stream through
+// memory at the speed of a plain sum.
+constexpr int64_t kSumChunk = 1024;
+
+// Per-partition sums and counts of the rows of x (G, N, D); `finish(g, k, sum, count)` gets
+// each partition's sum (D values in the accumulation type) and token count.
+template <typename scalar_t, typename Finish>
+void partition_sums(const scalar_t* x, const int64_t* codes, int64_t groups, int64_t tokens,
+                    int64_t dim, int64_t parts, std::atomic<bool>& bad, const Finish& finish) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t chunks = std::max<int64_t>((tokens + kSumChunk - 1) / kSumChunk, 1);
+  const int64_t slab = parts * dim;
+  std::vector<acc_t> partial(groups * chunks * slab);
+  std::vector<int64_t> count(groups * chunks * parts);
+  at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / chunks, n0 = (task % chunks) * kSumChunk;
+      const int64_t n1 = std::min(tokens, n0 + kSumChunk);
+      acc_t* sums = partial.data() + task * slab;
+      int64_t* cnt = count.data() + task * parts;
+      const int64_t* code = codes + g * tokens;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t k = code[n];
+        if (k < 0 || k >= parts) {
+          bad.store(true);
+          continue;
         }
+        ++cnt[k];
+        acc_t* __restrict__ acc = sums + k * dim;
+        const scalar_t* __restrict__ row = x + (g * tokens + n) * dim;
+        for (int64_t c = 0; c < dim; ++c) acc[c] += static_cast<acc_t>(row[c]);
       }
+    }
+  });
+  at::parallel_for(0, groups * parts, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(dim);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i / parts, k = i % parts;
+      const acc_t* src = partial.data() + g * chunks * slab + k * dim;
+      std::copy_n(src, dim, total.data());
+      int64_t n = count[g * chunks * parts + k];
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        for (int64_t c = 0; c < dim; ++c) total[c] += src[chunk * slab + c];
+        n += count[(g * chunks + chunk) * parts + k];
+      }
+      finish(g, k, total.data(), n);
     }
   });
 }
@@ -166,59 +331,14 @@ void mean_forward_kernel(const scalar_t* x, const int64_t* codes, scalar_t* mean
                          int64_t* counts, int64_t groups, int64_t tokens, int64_t dim,
                          int64_t parts, std::atomic<bool>& bad) {
   using acc_t = at::opmath_type<scalar_t>;
-  // At least one task, so that the counts are written even when D = 0.
-  const int64_t blocks = std::max<int64_t>(num_blocks(dim), 1);
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sums(parts * kBlock);
-    std::vector<int64_t> count(parts);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / blocks, block = task % blocks, c0 = block * kBlock;
-      const int64_t width = std::max<int64_t>(std::min(kBlock, dim - c0), 0);
-      const int64_t* code = codes + g * tokens;
-      const scalar_t* xg = x + g * tokens * dim + c0;
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      std::fill(count.begin(), count.end(), int64_t(0));
-      for (int64_t n = 0; n < tokens; ++n) {
-        const int64_t k = code[n];
-        if (k < 0 || k >= parts) {
-          bad.store(true);
-          continue;
-        }
-        ++count[k];
-        acc_t* acc = sums.data() + k * kBlock;
-        const scalar_t* row = xg + n * dim;
-        for (int64_t c = 0; c < width; ++c) acc[c] += static_cast<acc_t>(row[c]);
-      }
-      for (int64_t k = 0; k < parts; ++k) {
-        // Every block counts (cheap); the first one writes, so counts has a single writer.
-        if (block == 0) counts[g * parts + k] = count[k];
-        const acc_t denom = static_cast<acc_t>(std::max<int64_t>(count[k], 1));
-        scalar_t* out = means + (g * parts + k) * dim + c0;
-        for (int64_t c = 0; c < width; ++c)
-          out[c] = static_cast<scalar_t>(sums[k * kBlock + c] / denom);
-      }
-    }
-  });
-}
-
-template <typename scalar_t>
-void mean_backward_kernel(const scalar_t* grad, const int64_t* codes, const int64_t* counts,
-                          scalar_t* grad_x, int64_t groups, int64_t tokens, int64_t dim,
-                          int64_t parts, std::atomic<bool>& bad) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, groups * tokens, kTokenGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t g = i / tokens, k = codes[i];
-      if (k < 0 || k >= parts) {
-        bad.store(true);
-        continue;
-      }
-      const acc_t inv = acc_t(1) / static_cast<acc_t>(std::max<int64_t>(counts[g * parts + k], 1));
-      const scalar_t* go = grad + (g * parts + k) * dim;
-      scalar_t* gx = grad_x + i * dim;
-      for (int64_t c = 0; c < dim; ++c) gx[c] = static_cast<scalar_t>(static_cast<acc_t>(go[c]) * inv);
-    }
-  });
+  partition_sums(x, codes, groups, tokens, dim, parts, bad,
+                 [&](int64_t g, int64_t k, const acc_t* sum, int64_t count) {
+                   counts[g * parts + k] = count;
+                   // An empty partition has a zero sum: its mean is zero, not NaN.
+                   const acc_t denom = static_cast<acc_t>(std::max<int64_t>(count, 1));
+                   scalar_t* out = means + (g * parts + k) * dim;
+                   for (int64_t c = 0; c < dim; ++c) out[c] = static_cast<scalar_t>(sum[c] / denom);
+                 });
 }
 
 template <typename scalar_t>
@@ -238,35 +358,33 @@ void distribute_forward_kernel(const scalar_t* pooled, const int64_t* codes, sca
 }
 
 template <typename scalar_t>
+void mean_backward_kernel(const scalar_t* grad, const int64_t* codes, const int64_t* counts,
+                          scalar_t* grad_x, int64_t groups, int64_t tokens, int64_t dim,
+                          int64_t parts, std::atomic<bool>& bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // Every token of partition k gets grad[k] / count[k]: scale the K rows once, then copy them
+  // out like the distribution's forward (a row copy runs at memory speed).
+  std::vector<scalar_t> scaled(groups * parts * dim);
+  at::parallel_for(0, groups * parts, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const acc_t inv = acc_t(1) / static_cast<acc_t>(std::max<int64_t>(counts[row], 1));
+      for (int64_t c = 0; c < dim; ++c)
+        scaled[row * dim + c] = static_cast<scalar_t>(static_cast<acc_t>(grad[row * dim + c]) * inv);
+    }
+  });
+  distribute_forward_kernel(scaled.data(), codes, grad_x, groups, tokens, dim, parts, bad);
+}
+
+template <typename scalar_t>
 void distribute_backward_kernel(const scalar_t* grad, const int64_t* codes, scalar_t* grad_pooled,
                                 int64_t groups, int64_t tokens, int64_t dim, int64_t parts,
                                 std::atomic<bool>& bad) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t blocks = num_blocks(dim);
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sums(parts * kBlock);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / blocks, c0 = (task % blocks) * kBlock;
-      const int64_t width = std::min(kBlock, dim - c0);
-      const int64_t* code = codes + g * tokens;
-      const scalar_t* gg = grad + g * tokens * dim + c0;
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      for (int64_t n = 0; n < tokens; ++n) {
-        const int64_t k = code[n];
-        if (k < 0 || k >= parts) {
-          bad.store(true);
-          continue;
-        }
-        acc_t* acc = sums.data() + k * kBlock;
-        const scalar_t* row = gg + n * dim;
-        for (int64_t c = 0; c < width; ++c) acc[c] += static_cast<acc_t>(row[c]);
-      }
-      for (int64_t k = 0; k < parts; ++k) {
-        scalar_t* out = grad_pooled + (g * parts + k) * dim + c0;
-        for (int64_t c = 0; c < width; ++c) out[c] = static_cast<scalar_t>(sums[k * kBlock + c]);
-      }
-    }
-  });
+  partition_sums(grad, codes, groups, tokens, dim, parts, bad,
+                 [&](int64_t g, int64_t k, const acc_t* sum, int64_t) {
+                   scalar_t* out = grad_pooled + (g * parts + k) * dim;
+                   for (int64_t c = 0; c < dim; ++c) out[c] = static_cast<scalar_t>(sum[c]);
+                 });
 }
 
 }  // namespace DUALFORMER_CPU_NS

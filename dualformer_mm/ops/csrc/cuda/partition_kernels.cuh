@@ -10,6 +10,7 @@
 // kernel needs a host synchronisation. Out-of-range codes trip a device assert.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
 #include <c10/macros/Macros.h>
 
@@ -47,8 +48,11 @@ __global__ void lsh_pack_kernel(const scalar_t* __restrict__ proj, int64_t* __re
                                 int64_t rows, int64_t bits) {
   DUALFORMER_KERNEL_LOOP(r, rows) {
     int64_t code = 0;
+    // Compared in the projection's own precision (opmath: float for half types): a float64
+    // projection of -1e-50 rounded to float would be -0.0f and count as positive.
     for (int64_t b = 0; b < bits; ++b)
-      code |= static_cast<int64_t>(static_cast<float>(proj[r * bits + b]) >= 0.f) << b;
+      code |= static_cast<int64_t>(static_cast<at::opmath_type<scalar_t>>(proj[r * bits + b]) >= 0)
+              << b;
     codes[r] = code;
   }
 }

@@ -113,10 +113,9 @@ void lsh_hash_kernel(const scalar_t* x, const double* planes, int64_t* codes, in
       const int64_t tile = task % tiles, bh = task / tiles, h = bh % heads, b = bh / heads;
       const int64_t n0 = tile * kHashTile, count = std::min(kHashTile, tokens - n0);
       const scalar_t* src = x + b * sb + h * sh + n0 * sn;
-      // Transposed to (D, tile) in float64; lanes past the last token hash zeros, never
-      // written out.
-      // Read along the smaller stride: tokens are rows of channels in channels-last maps and
-      // columns in NCHW ones (MHPA's tokens are a transposed view of the feature map).
+      // Transposed to (D, tile) in float64, read along the smaller stride: MHPA's tokens are
+      // a transposed view of the feature map, rows in channels-last and columns in NCHW.
+      // Lanes past the last token hash zeros and are never written out.
       if (sd <= sn) {
         for (int64_t t = 0; t < count; ++t)
           for (int64_t d = 0; d < dim; ++d)

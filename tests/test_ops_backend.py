@@ -1,5 +1,6 @@
 """Backend switch, lazy loading, torch.compile, FLOP handles and ONNX export of the partition
 ops of MHPA (paper section 3.2)."""
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -13,6 +14,13 @@ from dualformer_mm.models.backbones.dualformer import PartitionAttention
 from dualformer_mm.ops import _backend
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def run_fresh(code: str, backend: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with ``DUALFORMER_OPS=backend``."""
+    return subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          env=dict(os.environ, DUALFORMER_OPS=backend), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -83,9 +91,7 @@ def test_reference_path_never_imports_the_extension():
             'DualFormer(arch="t").eval()(torch.rand(1, 3, 32, 32));'
             'assert "dualformer_mm._ext" not in sys.modules, "extension was imported";'
             'print("lazy ok")')
-    env = dict(__import__('os').environ, DUALFORMER_OPS='reference')
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = run_fresh(code, 'reference')
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'lazy ok' in out.stdout
 
@@ -182,8 +188,6 @@ def test_whole_backbone_compiles_as_one_graph_in_a_fresh_process():
             'm = DualFormer(arch="t").eval();'
             'e = torch._dynamo.explain(m)(torch.rand(1, 3, 64, 64));'
             'print("graphs", e.graph_count, "breaks", e.graph_break_count)')
-    env = dict(__import__('os').environ, DUALFORMER_OPS='ext')
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = run_fresh(code, 'ext', timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'graphs 1 breaks 0' in out.stdout, out.stdout[-2000:]

@@ -24,6 +24,7 @@ from dualformer_mm.utils import config_toolbox
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from runner_env import LAUNCHERS, setup_device, setup_scope, teardown_distributed  # noqa: E402
 
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a DualFormer model with mmengine.')
     parser.add_argument('config', help='config file')

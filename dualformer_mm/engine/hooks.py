@@ -70,10 +70,11 @@ class RandomStateHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: Dict) -> None:
         meta = checkpoint.setdefault('meta', {})
-        meta['random_state'] = _capture()  # this rank's (rank 0: the only one saving)
         if self._rank_states is not None and len(self._rank_states) == get_world_size():
             meta['random_state_per_rank'] = self._rank_states
             meta['random_state'] = self._rank_states[get_rank()]
+        else:
+            meta['random_state'] = _capture()  # this rank's (rank 0: the only one saving)
         self._rank_states = None
 
     def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:

@@ -335,7 +335,8 @@ def _failure(err: BaseException) -> str:
     return f'{type(err).__name__}: {first[:200]}'
 
 
-def time_interleaved(fns: Dict[str, Callable[[], None]], settings: Settings
+def time_interleaved(fns: Dict[str, Callable[[], None]], settings: Settings,
+                     context: Optional[Callable[[str], ContextManager]] = None
                      ) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
     """Time several forwards with warm-up and interleaved repeats.
 
@@ -347,6 +348,9 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], settings: Settings
     Args:
         fns (Dict[str, Callable]): Name -> forward closure (see :func:`forward_fn`).
         settings (Settings): Run options (device, warmup, repeat, iters).
+        context (Callable, optional): ``context(name)`` is entered around each warm-up and
+            each timed call of ``fns[name]``, outside the clock (``bench_ops.py`` selects the
+            op backend with it).
 
     Returns:
         Tuple[Dict[str, List[float]], Dict[str, str]]: Seconds per forward of every timed
@@ -354,6 +358,7 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], settings: Settings
         size), with the error. Those are dropped from the timing, the others go on.
     """
     errors: Dict[str, str] = {}
+    enter = context or (lambda name: nullcontext())
 
     def attempt(name: str, calls: int) -> bool:
         try:
@@ -367,17 +372,19 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], settings: Settings
         return True
 
     for name in fns:
-        attempt(name, settings.warmup)
+        with enter(name):
+            attempt(name, settings.warmup)
     times: Dict[str, List[float]] = {name: [] for name in fns if name not in errors}
     for round_index in range(settings.repeat):
         names = [name for name in times if name not in errors]
         shift = round_index % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
-            _sync(settings.device)
-            start = time.perf_counter()
-            if attempt(name, settings.iters):
+            with enter(name):
                 _sync(settings.device)
-                times[name].append((time.perf_counter() - start) / settings.iters)
+                start = time.perf_counter()
+                if attempt(name, settings.iters):
+                    _sync(settings.device)
+                    times[name].append((time.perf_counter() - start) / settings.iters)
     return {name: t for name, t in times.items() if name not in errors}, errors
 
 

@@ -23,12 +23,12 @@ import argparse
 import contextlib
 import json
 import statistics
-import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
+import _common as common  # noqa: I100  (next to this script; puts the checkout on sys.path)
 from dualformer_mm import DualFormer, ops
 from dualformer_mm.models.backbones.dualformer import PartitionAttention
 
@@ -38,11 +38,6 @@ DIMS, HEADS, PARTS, SR = 32, 1, 8, 4
 PARTITION_OPS = ('lsh_hash', 'partition_softmax_pool', 'partition_mean', 'partition_distribute')
 
 
-def sync(device: str) -> None:
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
 def timeit(fn: Callable[[], None], device: str, repeat: int, warmup: int = 3) -> float:
     """Median milliseconds of ``fn``."""
     return timeit_backends({'': fn}, device, repeat, warmup)['']
@@ -50,23 +45,21 @@ def timeit(fn: Callable[[], None], device: str, repeat: int, warmup: int = 3) ->
 
 def timeit_backends(fns: Dict[str, Callable[[], None]], device: str, repeat: int,
                     warmup: int = 3) -> Dict[str, float]:
-    """Median milliseconds of each ``fns[backend]`` run under that op backend.
+    """Median milliseconds of each ``fns[backend]`` run under that op backend (``''``: as set).
 
-    The backends take turns call by call (in alternating order), so a slow spell of a shared
-    machine lands on both instead of on whichever ran during it.
+    :func:`_common.time_interleaved` lets the backends take turns call by call (alternating
+    which goes first), so a slow spell of a shared machine lands on both instead of on
+    whichever ran during it.
     """
-    names = list(fns)
-    times: Dict[str, List[float]] = {name: [] for name in names}
-    for i in range(warmup + repeat):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            with ops.use_backend(name) if name else contextlib.nullcontext():
-                sync(device)
-                start = time.perf_counter()
-                fns[name]()
-                sync(device)
-                if i >= warmup:
-                    times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    settings = common.Settings(device=device, threads=torch.get_num_threads(), amp=False,
+                               amp_dtype=None, channels_last=False, compile=False,
+                               warmup=warmup, repeat=repeat, iters=1)
+    times, errors = common.time_interleaved(
+        fns, settings,
+        context=lambda name: ops.use_backend(name) if name else contextlib.nullcontext())
+    if errors:
+        raise RuntimeError(f'benchmarked call failed: {errors}')
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def make_inputs(shape: Tuple[int, int, int], device: str) -> Dict[str, Tensor]:

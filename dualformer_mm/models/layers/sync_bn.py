@@ -7,7 +7,7 @@ on CPU machines would otherwise fall back to per-process BatchNorm, whose statis
 only each process's share of the batch and whose gradients differ from a single-process run.
 :class:`CPUSyncBatchNorm` all-reduces the per-process statistics with any backend, so N
 processes with the batch split between them compute what one process computes on the whole
-batch (``tests/test_reliability.py`` checks the gradients).
+batch (``tests/test_distributed.py`` checks the gradients).
 """
 from typing import Optional
 
@@ -102,11 +102,12 @@ class CPUSyncBatchNorm(_BatchNorm):
 
         channels = input.shape[1]
         dims = [0] + list(range(2, input.dim()))
+        shape = (1, -1) + (1, ) * (input.dim() - 2)  # a per-channel vector against the input
         local = input.float()
         count = local.new_tensor(float(input.numel() // channels))
         if input.numel():
             mean = local.mean(dims)
-            sq_dev = (local - mean.view(1, -1, *[1] * (input.dim() - 2))).square().sum(dims)
+            sq_dev = (local - mean.view(shape)).square().sum(dims)
         else:  # a process with no samples contributes nothing
             mean = sq_dev = local.new_zeros(channels)
         # Row r holds process r's (count, mean, squared deviations); the others are zero, so
@@ -127,7 +128,6 @@ class CPUSyncBatchNorm(_BatchNorm):
 
         if self.training and self.track_running_stats:
             self._update_running_stats(global_mean.detach(), (sq_dev_all / (total - 1)).detach())
-        shape = (1, -1) + (1, ) * (input.dim() - 2)
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
             out = (local - global_mean.view(shape)) * (scale * self.weight.float()).view(shape)

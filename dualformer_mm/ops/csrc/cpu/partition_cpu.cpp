@@ -14,7 +14,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <atomic>
@@ -123,7 +122,7 @@ std::tuple<Tensor, Tensor> softmax_pool_backward_cpu(const Tensor& grad, const T
 std::tuple<Tensor, Tensor> mean_forward_cpu(const Tensor& x, const Tensor& codes, int64_t parts) {
   const int64_t groups = x.size(0), tokens = x.size(1), dim = x.size(2);
   Tensor means = at::empty({groups, parts, dim}, x.options());
-  Tensor counts = at::zeros({groups, parts}, x.options().dtype(at::kLong));
+  Tensor counts = at::empty({groups, parts}, x.options().dtype(at::kLong));  // all written
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mean_forward_cpu", [&] {
     DUALFORMER_CPU_KERNEL(mean_forward_kernel<scalar_t>)(x.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(),

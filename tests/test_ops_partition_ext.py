@@ -91,10 +91,12 @@ def test_lsh_hash_signs_on_and_near_planes(device, dtype):
     assert reference('lsh_hash', x, planes).tolist() == want
 
 
-def test_sums_do_not_depend_on_thread_count():
-    # 5000 tokens: several chunks per group, summed in a fixed order whatever the threads.
-    scores, values, codes = make_inputs(2, 5000, 48, 8, 'cpu', torch.float32)
-    grad = torch.randn(2, 5000, 48)
+# 2 x 5000 tokens: several chunks per group, summed in a fixed order whatever the threads;
+# 6 x 300: one chunk per group, each group summed and finished by one task.
+@pytest.mark.parametrize('groups,tokens', [(2, 5000), (6, 300)])
+def test_sums_do_not_depend_on_thread_count(groups, tokens):
+    scores, values, codes = make_inputs(groups, tokens, 48, 8, 'cpu', torch.float32)
+    grad = torch.randn(groups, tokens, 48)
     threads = torch.get_num_threads()
     results = []
     try:

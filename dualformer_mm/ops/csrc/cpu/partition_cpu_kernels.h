@@ -279,6 +279,43 @@ void softmax_pool_backward_kernel(const scalar_t* grad, const scalar_t* scores,
 // memory at the speed of a plain sum.
 constexpr int64_t kSumChunk = 1024;
 
+// acc[0:dim] += row[0:dim] in the accumulation type. Full kBlock-channel blocks have a fixed
+// trip count, which the compiler turns into straight vector code without run-time alias checks.
+template <typename scalar_t, typename acc_t>
+inline void add_row(acc_t* __restrict__ acc, const scalar_t* __restrict__ row, int64_t dim) {
+  int64_t c = 0;
+  for (; c + kBlock <= dim; c += kBlock)
+    for (int64_t j = 0; j < kBlock; ++j) acc[c + j] += static_cast<acc_t>(row[c + j]);
+  for (; c < dim; ++c) acc[c] += static_cast<acc_t>(row[c]);
+}
+
+// dst[0:dim] = src[0:dim], inline: a memcpy call per 64-channel row cost a fifth of the
+// distribution's time.
+template <typename scalar_t>
+inline void copy_row(scalar_t* __restrict__ dst, const scalar_t* __restrict__ src, int64_t dim) {
+  int64_t c = 0;
+  for (; c + kBlock <= dim; c += kBlock)
+    for (int64_t j = 0; j < kBlock; ++j) dst[c + j] = src[c + j];
+  for (; c < dim; ++c) dst[c] = src[c];
+}
+
+// Sums (K x D, zeroed here) and counts (K) of the rows n0..n1 of one group.
+template <typename scalar_t, typename acc_t>
+inline void sum_rows(const scalar_t* x, const int64_t* code, int64_t n0, int64_t n1, int64_t dim,
+                     int64_t parts, acc_t* sums, int64_t* cnt, std::atomic<bool>& bad) {
+  std::fill_n(sums, parts * dim, acc_t(0));
+  std::fill_n(cnt, parts, int64_t(0));
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t k = code[n];
+    if (k < 0 || k >= parts) {
+      bad.store(true);
+      continue;
+    }
+    ++cnt[k];
+    add_row(sums + k * dim, x + n * dim, dim);
+  }
+}
+
 // Per-partition sums and counts of the rows of x (G, N, D); `finish(g, k, sum, count)` gets
 // each partition's sum (D values in the accumulation type) and token count.
 template <typename scalar_t, typename Finish>
@@ -287,26 +324,27 @@ void partition_sums(const scalar_t* x, const int64_t* codes, int64_t groups, int
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t chunks = std::max<int64_t>((tokens + kSumChunk - 1) / kSumChunk, 1);
   const int64_t slab = parts * dim;
+  if (chunks == 1) {
+    // Every group fits one chunk (224x224 inputs: 196 tokens): a task sums its group and
+    // finishes it at once, in the same order as below, without a second parallel pass.
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sums(slab);
+      std::vector<int64_t> cnt(parts);
+      for (int64_t g = begin; g < end; ++g) {
+        sum_rows(x + g * tokens * dim, codes + g * tokens, 0, tokens, dim, parts, sums.data(),
+                 cnt.data(), bad);
+        for (int64_t k = 0; k < parts; ++k) finish(g, k, sums.data() + k * dim, cnt[k]);
+      }
+    });
+    return;
+  }
   std::vector<acc_t> partial(groups * chunks * slab);
   std::vector<int64_t> count(groups * chunks * parts);
   at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / chunks, n0 = (task % chunks) * kSumChunk;
-      const int64_t n1 = std::min(tokens, n0 + kSumChunk);
-      acc_t* sums = partial.data() + task * slab;
-      int64_t* cnt = count.data() + task * parts;
-      const int64_t* code = codes + g * tokens;
-      for (int64_t n = n0; n < n1; ++n) {
-        const int64_t k = code[n];
-        if (k < 0 || k >= parts) {
-          bad.store(true);
-          continue;
-        }
-        ++cnt[k];
-        acc_t* __restrict__ acc = sums + k * dim;
-        const scalar_t* __restrict__ row = x + (g * tokens + n) * dim;
-        for (int64_t c = 0; c < dim; ++c) acc[c] += static_cast<acc_t>(row[c]);
-      }
+      sum_rows(x + g * tokens * dim, codes + g * tokens, n0, std::min(tokens, n0 + kSumChunk),
+               dim, parts, partial.data() + task * slab, count.data() + task * parts, bad);
     }
   });
   at::parallel_for(0, groups * parts, 16, [&](int64_t begin, int64_t end) {
@@ -351,7 +389,7 @@ void distribute_forward_kernel(const scalar_t* pooled, const int64_t* codes, sca
         bad.store(true);
         continue;
       }
-      std::copy_n(pooled + (g * parts + k) * dim, dim, out + i * dim);
+      copy_row(out + i * dim, pooled + (g * parts + k) * dim, dim);
     }
   });
 }

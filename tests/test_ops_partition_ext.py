@@ -201,6 +201,59 @@ def test_large_n(device):
     torch.testing.assert_close(mean, reference('partition_mean', half, codes, k)[0])
 
 
+@pytest.mark.parametrize('device', DEVICES)
+def test_softmax_pool_propagates_nan_and_inf(device):
+    # A NaN or inf score makes its partition's channel NaN in the reference (NaN - NaN, or
+    # inf - inf, in the max subtraction); the kernels must not turn it into a silent zero.
+    scores, values, codes = make_inputs(2, 30, 5, 4, device, torch.float32)
+    scores[1, 3, 2] = float('nan')
+    scores[1, 7, 4] = float('inf')
+    results = {}
+    for backend in ('ext', 'reference'):
+        s, v = scores.clone().requires_grad_(), values.clone().requires_grad_()
+        with ops.use_backend(backend):
+            out = ops.partition_softmax_pool(s, v, codes, 4)
+        out.backward(torch.ones_like(out))
+        results[backend] = (out.detach(), s.grad, v.grad)
+    out = results['ext'][0]
+    assert out[1, codes[1, 3], 2].isnan() and out[1, codes[1, 7], 4].isnan()
+    assert out.isnan().sum() == 2 and (out[0, :-1] == 0).all()  # empty partitions stay 0
+    for got, want in zip(results['ext'], results['reference']):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_zero_channels(device):
+    # D = 0: nothing to pool, but the counts still come from the codes.
+    values = torch.zeros(2, 6, 0, device=device)
+    codes = torch.tensor([[0, 2, 2, 1, 2, 0], [3, 3, 3, 3, 3, 3]], device=device)
+    means, counts = ops.partition_mean(values, codes, 4)
+    assert means.shape == (2, 4, 0) and counts.tolist() == [[2, 1, 3, 0], [0, 0, 0, 6]]
+    assert ops.partition_softmax_pool(values, values, codes, 4).shape == (2, 4, 0)
+    assert ops.partition_distribute(means, codes).shape == (2, 6, 0)
+
+
+def test_backward_ops_check_their_inputs():
+    # The backward ops are public (torch.ops.dualformer.*): a direct call with tensors that do
+    # not fit together must raise, not read out of bounds.
+    lib = torch.ops.dualformer
+    grad, codes = torch.randn(2, 4, 3), torch.zeros(2, 5, dtype=torch.long)
+    values, stats = torch.randn(2, 5, 3), torch.randn(2, 2, 4, 3)
+    lib.partition_softmax_pool_backward(grad, values, values, codes, stats)  # consistent: fine
+    with pytest.raises(RuntimeError, match='G and D of grad'):
+        lib.partition_softmax_pool_backward(grad, values[:, :, :2], values[:, :, :2], codes,
+                                            stats)
+    with pytest.raises(RuntimeError, match='codes must be'):
+        lib.partition_softmax_pool_backward(grad, values, values, codes[:1], stats)
+    counts = torch.ones(2, 4, dtype=torch.long)
+    with pytest.raises(RuntimeError, match='codes must be int64'):
+        lib.partition_mean_backward(grad, codes[:1], counts)
+    with pytest.raises(RuntimeError, match='counts must be int64'):
+        lib.partition_mean_backward(grad, codes, counts.float())
+    with pytest.raises(RuntimeError, match='num_partitions must be >= 1'):
+        lib.partition_distribute_backward(values, codes, 0)
+
+
 def test_codes_out_of_range_raise():
     values = torch.randn(1, 5, 2)
     bad = torch.tensor([[0, 1, 4, 1, 0]])

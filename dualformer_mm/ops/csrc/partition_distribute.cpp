@@ -22,6 +22,7 @@ Tensor distribute_forward(const Tensor& pooled, const Tensor& codes) {
 Tensor distribute_backward(const Tensor& grad, const Tensor& codes, int64_t num_partitions) {
   DUALFORMER_CHECK_GND(grad, "grad");
   DUALFORMER_CHECK_CODES(codes, grad);
+  TORCH_CHECK(num_partitions >= 1, "num_partitions must be >= 1, got ", num_partitions);
   return DUALFORMER_DISPATCH_DEVICE(grad, distribute_backward, grad.contiguous(),
                                     codes.contiguous(), num_partitions);
 }

@@ -20,6 +20,14 @@ Tensor mean_backward(const Tensor& grad, const Tensor& codes, const Tensor& coun
   TORCH_CHECK(grad.dim() == 3 && counts.sizes() == grad.sizes().slice(0, 2),
               "grad must be (G, K, D) and counts (G, K); got ", grad.sizes(), " and ",
               counts.sizes());
+  TORCH_CHECK(counts.scalar_type() == at::kLong, "counts must be int64, got ",
+              counts.scalar_type());
+  TORCH_CHECK(codes.scalar_type() == at::kLong && codes.dim() == 2 &&
+                  codes.size(0) == grad.size(0),
+              "codes must be int64 (G, N) with G = ", grad.size(0), ", got ",
+              codes.scalar_type(), " ", codes.sizes());
+  TORCH_CHECK(codes.device() == grad.device() && counts.device() == grad.device(),
+              "grad, codes and counts must share a device");
   return DUALFORMER_DISPATCH_DEVICE(grad, mean_backward, grad.contiguous(), codes.contiguous(),
                                     counts.contiguous());
 }

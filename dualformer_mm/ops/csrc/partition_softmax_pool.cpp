@@ -33,6 +33,17 @@ std::tuple<Tensor, Tensor> softmax_pool_backward(const Tensor& grad, const Tenso
                   stats.sizes().slice(1) == grad.sizes(),
               "grad must be (G, K, D) and stats (2, G, K, D); got ", grad.sizes(), " and ",
               stats.sizes());
+  // The kernels index grad and stats with the shapes of values and codes: a direct call with
+  // mismatched tensors must fail here, not read out of bounds.
+  DUALFORMER_CHECK_GND(values, "values");
+  TORCH_CHECK(scores.sizes() == values.sizes() && values.size(0) == grad.size(0) &&
+                  values.size(2) == grad.size(2),
+              "scores and values must be (G, N, D) with G and D of grad ", grad.sizes(),
+              "; got ", scores.sizes(), " and ", values.sizes());
+  DUALFORMER_CHECK_CODES(codes, values);
+  TORCH_CHECK(grad.device() == values.device() && scores.device() == values.device() &&
+                  stats.device() == values.device(),
+              "grad, scores, values and stats must share a device");
   return DUALFORMER_DISPATCH_DEVICE(values, softmax_pool_backward, grad.contiguous(),
                                     scores.contiguous(), values.contiguous(), codes.contiguous(),
                                     stats.contiguous());

@@ -204,11 +204,13 @@ void softmax_pool_forward_kernel(const scalar_t* scores, const scalar_t* values,
         const int64_t at = (g * parts + k) * dim + c0;
         for (int64_t c = 0; c < width; ++c) {
           const acc_t den = denom[k * kBlock + c];
-          // An empty partition has no tokens to pool: zeros, and lse = -inf marks it.
-          const acc_t out = den > 0 ? numer[k * kBlock + c] / den : acc_t(0);
+          // An empty partition has no tokens to pool: zeros, and lse = -inf marks it. Only
+          // an empty partition has den == 0 (its maximum adds exp(0) = 1); a NaN den (NaN or
+          // inf scores) gives NaN, as in the reference, never a silent zero.
+          const acc_t out = den != acc_t(0) ? numer[k * kBlock + c] / den : acc_t(0);
           pooled[at + c] = static_cast<scalar_t>(out);
-          stats[at + c] = den > 0 ? peak[k * kBlock + c] + std::log(den)
-                                  : -std::numeric_limits<acc_t>::infinity();
+          stats[at + c] = den != acc_t(0) ? peak[k * kBlock + c] + std::log(den)
+                                          : -std::numeric_limits<acc_t>::infinity();
           stats[stat_stride + at + c] = out;
         }
       }

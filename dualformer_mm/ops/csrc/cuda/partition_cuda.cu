@@ -3,6 +3,9 @@
 // (and fp64 for gradcheck), on the current stream of the inputs' device, with no host
 // synchronisation (K is passed in; buffers are filled with ATen ops on the same stream).
 #include <ATen/AccumulateType.h>
+#include <ATen/Context.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/ones_like.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
@@ -32,6 +35,13 @@ at::ScalarType acc_type_of(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The reductions add floats with atomics, in an order that varies from run to run; like
+// ATen's index_add_ on CUDA, they refuse to run under torch.use_deterministic_algorithms(True)
+// (or warn, with warn_only=True). The reference path is deterministic there.
+void alert_atomics(const char* op) {
+  at::globalContext().alertNotDeterministic(op);
+}
+
 }  // namespace
 
 Tensor lsh_pack_cuda(const Tensor& proj) {
@@ -53,6 +63,7 @@ Tensor lsh_pack_cuda(const Tensor& proj) {
 std::tuple<Tensor, Tensor> softmax_pool_forward_cuda(const Tensor& scores, const Tensor& values,
                                                      const Tensor& codes, int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(values.device());
+  alert_atomics("dualformer::partition_softmax_pool (CUDA)");
   const int64_t groups = values.size(0), tokens = values.size(1), dim = values.size(2);
   const auto acc_options = values.options().dtype(acc_type_of(values.scalar_type()));
   Tensor peak = at::full({groups, parts, dim}, -std::numeric_limits<double>::infinity(), acc_options);
@@ -109,13 +120,22 @@ std::tuple<Tensor, Tensor> softmax_pool_backward_cuda(const Tensor& grad, const 
 
 std::tuple<Tensor, Tensor> mean_forward_cuda(const Tensor& x, const Tensor& codes, int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(x.device());
+  alert_atomics("dualformer::partition_mean (CUDA)");
   const int64_t groups = x.size(0), tokens = x.size(1), dim = x.size(2);
   const auto acc_options = x.options().dtype(acc_type_of(x.scalar_type()));
   Tensor sums = at::zeros({groups, parts, dim}, acc_options);
   Tensor counts = at::zeros({groups, parts}, x.options().dtype(at::kLong));
   Tensor means = at::empty({groups, parts, dim}, x.options());
   const int64_t total = x.numel(), pooled_total = means.numel();
-  if (pooled_total == 0) return {means, counts};
+  if (pooled_total == 0) {
+    // No channels (D = 0): the kernels below count tokens at channel 0, which does not exist,
+    // so count them from the codes alone (ATen on the current stream, no host sync).
+    if (counts.numel() > 0 && codes.numel() > 0) {
+      const Tensor offsets = at::arange(groups, codes.options()).mul_(parts).unsqueeze(1);
+      counts.view(-1).index_add_(0, codes.add(offsets).view(-1), at::ones_like(codes));
+    }
+    return {means, counts};
+  }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mean_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
@@ -170,6 +190,7 @@ Tensor distribute_forward_cuda(const Tensor& pooled, const Tensor& codes) {
 
 Tensor distribute_backward_cuda(const Tensor& grad, const Tensor& codes, int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(grad.device());
+  alert_atomics("dualformer::partition_distribute_backward (CUDA)");
   const int64_t groups = grad.size(0), tokens = grad.size(1), dim = grad.size(2);
   Tensor sums = at::zeros({groups, parts, dim}, grad.options().dtype(acc_type_of(grad.scalar_type())));
   const int64_t total = grad.numel();

@@ -98,10 +98,12 @@ __global__ void softmax_finalize_kernel(const acc_t* __restrict__ peak,
                                         int64_t total) {
   DUALFORMER_KERNEL_LOOP(i, total) {
     const acc_t den = denom[i];
-    // An empty partition pools nothing: zeros, and lse = -inf marks it.
-    const acc_t out = den > 0 ? numer[i] / den : acc_t(0);
+    // An empty partition pools nothing: zeros, and lse = -inf marks it. Only an empty
+    // partition has den == 0 (its maximum adds exp(0) = 1); a NaN den (NaN or inf scores)
+    // gives NaN, as in the reference, never a silent zero.
+    const acc_t out = den != acc_t(0) ? numer[i] / den : acc_t(0);
     pooled[i] = static_cast<scalar_t>(out);
-    stats[i] = den > 0 ? peak[i] + ::log(den) : -INFINITY;  // stats[0]: lse
+    stats[i] = den != acc_t(0) ? peak[i] + ::log(den) : -INFINITY;  // stats[0]: lse
     stats[total + i] = out;                                 // stats[1]: unrounded pooled
   }
 }

@@ -10,11 +10,7 @@ namespace dualformer {
 
 Tensor distribute_forward(const Tensor& pooled, const Tensor& codes) {
   TORCH_CHECK(pooled.dim() == 3, "pooled must be (G, K, D), got ", pooled.sizes());
-  TORCH_CHECK(codes.scalar_type() == at::kLong && codes.dim() == 2 &&
-                  codes.size(0) == pooled.size(0),
-              "codes must be int64 (G, N) with G = ", pooled.size(0), ", got ",
-              codes.scalar_type(), " ", codes.sizes());
-  TORCH_CHECK(codes.device() == pooled.device(), "codes and pooled must share a device");
+  DUALFORMER_CHECK_GROUP_CODES(codes, pooled, "pooled");
   return DUALFORMER_DISPATCH_DEVICE(pooled, distribute_forward, pooled.contiguous(),
                                     codes.contiguous());
 }

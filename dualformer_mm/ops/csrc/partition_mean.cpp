@@ -22,12 +22,8 @@ Tensor mean_backward(const Tensor& grad, const Tensor& codes, const Tensor& coun
               counts.sizes());
   TORCH_CHECK(counts.scalar_type() == at::kLong, "counts must be int64, got ",
               counts.scalar_type());
-  TORCH_CHECK(codes.scalar_type() == at::kLong && codes.dim() == 2 &&
-                  codes.size(0) == grad.size(0),
-              "codes must be int64 (G, N) with G = ", grad.size(0), ", got ",
-              codes.scalar_type(), " ", codes.sizes());
-  TORCH_CHECK(codes.device() == grad.device() && counts.device() == grad.device(),
-              "grad, codes and counts must share a device");
+  DUALFORMER_CHECK_GROUP_CODES(codes, grad, "grad");
+  TORCH_CHECK(counts.device() == grad.device(), "counts and grad must share a device");
   return DUALFORMER_DISPATCH_DEVICE(grad, mean_backward, grad.contiguous(), codes.contiguous(),
                                     counts.contiguous());
 }

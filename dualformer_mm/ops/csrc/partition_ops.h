@@ -76,6 +76,14 @@ inline void check_not_cuda(const at::Tensor& tensor, const char* op) {
   TORCH_CHECK((t).dim() == 3, name " must be (G, N, D), got ", (t).sizes());             \
   TORCH_CHECK(at::isFloatingType((t).scalar_type()), name " must be floating point, got ", \
               (t).scalar_type())
+// codes (G, N) int64 on the device of `t`, a (G, K, D) tensor (partition features or their
+// gradient) that fixes G only.
+#define DUALFORMER_CHECK_GROUP_CODES(codes, t, name)                                      \
+  TORCH_CHECK((codes).scalar_type() == at::kLong && (codes).dim() == 2 &&                 \
+                  (codes).size(0) == (t).size(0),                                         \
+              "codes must be int64 (G, N) with G = ", (t).size(0), ", got ",              \
+              (codes).scalar_type(), " ", (codes).sizes());                                \
+  TORCH_CHECK((codes).device() == (t).device(), "codes and " name " must share a device")
 #define DUALFORMER_CHECK_CODES(codes, ref)                                               \
   TORCH_CHECK((codes).scalar_type() == at::kLong, "codes must be int64, got ",           \
               (codes).scalar_type());                                                     \

@@ -4,8 +4,6 @@
 // synchronisation (K is passed in; buffers are filled with ATen ops on the same stream).
 #include <ATen/AccumulateType.h>
 #include <ATen/Context.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/ones_like.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
@@ -122,20 +120,19 @@ std::tuple<Tensor, Tensor> mean_forward_cuda(const Tensor& x, const Tensor& code
   const at::cuda::OptionalCUDAGuard guard(x.device());
   alert_atomics("dualformer::partition_mean (CUDA)");
   const int64_t groups = x.size(0), tokens = x.size(1), dim = x.size(2);
+  if (dim == 0) {
+    // The sum kernel counts a token at its channel 0; with no channels, count with one zero
+    // channel and return the empty means.
+    const Tensor one = at::zeros({groups, tokens, 1}, x.options());
+    return {at::empty({groups, parts, 0}, x.options()),
+            std::get<1>(mean_forward_cuda(one, codes, parts))};
+  }
   const auto acc_options = x.options().dtype(acc_type_of(x.scalar_type()));
   Tensor sums = at::zeros({groups, parts, dim}, acc_options);
   Tensor counts = at::zeros({groups, parts}, x.options().dtype(at::kLong));
   Tensor means = at::empty({groups, parts, dim}, x.options());
   const int64_t total = x.numel(), pooled_total = means.numel();
-  if (pooled_total == 0) {
-    // No channels (D = 0): the kernels below count tokens at channel 0, which does not exist,
-    // so count them from the codes alone (ATen on the current stream, no host sync).
-    if (counts.numel() > 0 && codes.numel() > 0) {
-      const Tensor offsets = at::arange(groups, codes.options()).mul_(parts).unsqueeze(1);
-      counts.view(-1).index_add_(0, codes.add(offsets).view(-1), at::ones_like(codes));
-    }
-    return {means, counts};
-  }
+  if (pooled_total == 0) return {means, counts};
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mean_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;

@@ -41,8 +41,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def run_test(args: argparse.Namespace) -> None:
+    """Build the Runner from the config and the command line, load the checkpoint and test."""
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     setup_scope(cfg)
@@ -63,6 +63,11 @@ def main() -> None:
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     runner.test()
+
+
+def main() -> None:
+    # As in tools/train.py: the Runner is unreferenced once run_test() has returned.
+    run_test(parse_args())
     teardown_distributed()
 
 

@@ -58,8 +58,8 @@ def load_config(path: str, cfg_options: dict = None) -> Config:
     return cfg
 
 
-def main() -> None:
-    args = parse_args()
+def train(args: argparse.Namespace) -> None:
+    """Build the Runner from the config and the command line, and train."""
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     setup_scope(cfg)
@@ -95,6 +95,12 @@ def main() -> None:
         runner.logger.warning(message) if message.startswith('WARNING') \
             else runner.logger.info(message)
     runner.train()
+
+
+def main() -> None:
+    # train() has returned, so the Runner and its DistributedDataParallel wrapper are
+    # unreferenced: teardown_distributed() can free the process group and join its threads.
+    train(parse_args())
     teardown_distributed()
 
 

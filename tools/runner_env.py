@@ -116,4 +116,3 @@ def teardown_distributed() -> None:
     # Drops the last reference: the process group is destroyed here, with the GIL released,
     # which lets the worker threads finish their last work and be joined.
     torch_dist.destroy_process_group()
-    gc.collect()

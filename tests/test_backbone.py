@@ -7,7 +7,7 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import dualformer_mm  # noqa: F401  (registers DualFormer)
-from dualformer_mm import DualFormer
+from dualformer_mm import DualFormer, ops
 from tests.utils import ARCHS
 
 STRIDES = (4, 8, 16, 32)
@@ -22,7 +22,9 @@ def out_shape(size, stride):
 
 @pytest.mark.parametrize('arch', ARCHS)
 def test_every_size_forward_backward(arch):
-    model = DualFormer(arch=arch, drop_path_rate=0.1)
+    # No drop path: with two images a dropped branch would leave its parameters without a
+    # gradient by chance (test_drop_path_schedule checks the rates).
+    model = DualFormer(arch=arch, drop_path_rate=0.)
     model.init_weights()
     model.train()
     x = torch.rand(2, 3, 64, 96)
@@ -31,7 +33,8 @@ def test_every_size_forward_backward(arch):
     channels = DualFormer.arch_zoo[arch]['channels']
     for out, c, s in zip(outs, channels, STRIDES):
         assert out.shape == (2, c, 64 // s, 96 // s)
-        assert out.is_contiguous() or out.dim() == 4
+        # Plain NCHW memory, whatever layout the network ran in (mmcv's RoIAlign needs it).
+        assert out.is_contiguous()
     sum(o.float().pow(2).mean() for o in outs).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f'parameters without a gradient: {missing}'
@@ -105,6 +108,8 @@ def test_invalid_and_custom_arch():
     (dict(num_partitions=(6, 8, 8, 8)), 'power of two'),
     (dict(partition='spectral'), "'lsh', 'kmeans'"),
     (dict(mode='zigzag'), "'parallel', 'serial'"),
+    (dict(intra='mean'), "'pool', 'token'"),
+    (dict(norm_cfg=dict(type='LN', momentum=0.1)), 'accepts eps and requires_grad'),
     (dict(use_intra=False, use_inter=False), 'use_intra'),
 ])
 def test_invalid_arguments(kwargs, match):
@@ -152,7 +157,7 @@ def test_norm_eval():
     assert model.stages[3].training  # only the norms are in eval
 
 
-def test_with_cp_gives_same_output_and_grads():
+def test_with_cp_gives_same_output_and_grads_in_eval():
     model = DualFormer(arch='t', drop_path_rate=0.)
     model_cp = DualFormer(arch='t', drop_path_rate=0., with_cp=True)
     model_cp.load_state_dict(model.state_dict())
@@ -177,11 +182,73 @@ def test_drop_path_schedule():
 
 def test_init_weights_changes_weights():
     model = DualFormer(arch='t')
-    before = model.stages[1].blocks[0].ffn[0].weight.clone()
+    before = model.stages[1].blocks[0].ffn.fc1.weight.clone()
     model.init_weights()
-    after = model.stages[1].blocks[0].ffn[0].weight
+    after = model.stages[1].blocks[0].ffn.fc1.weight
     assert not torch.equal(before, after)
     assert after.detach().std().item() == pytest.approx(0.02, rel=0.2)
+
+
+# Weights of every kind of conv and linear; Kaiming (what mmcv's ConvModule applies after the
+# parent's init) would give a std of sqrt(2 / fan_out): 0.083 for the stem's first conv.
+NAMED_WEIGHTS = [
+    'stem.0.conv.weight', 'stem.1.conv.weight', 'stages.1.downsample.conv.weight',
+    'stages.0.blocks.0.conv.layers.0.conv.weight', 'stages.0.blocks.0.conv.layers.1.conv.weight',
+    'stages.0.blocks.0.attn.down.conv.weight', 'stages.0.blocks.0.attn.value.weight',
+    'stages.0.blocks.0.attn.to_spatial.weight', 'stages.2.blocks.0.attn.aggregate.weight',
+    'stages.0.blocks.0.proj.weight', 'stages.3.blocks.1.ffn.fc2.weight',
+]
+
+
+def test_init_weights_gives_the_documented_statistics():
+    model = DualFormer(arch='t')
+    model.init_weights()
+    params = dict(model.named_parameters())
+    for name in NAMED_WEIGHTS:
+        weight = params[name].detach()
+        assert weight.numel() >= 256, name  # enough values for the std to say something
+        assert weight.std().item() == pytest.approx(0.02, rel=0.15), name
+        assert weight.abs().max().item() < 0.02 * 6, name  # truncated normal, no outliers
+    for name, param in params.items():
+        if name.endswith('.bias'):
+            norm = name[:-len('bias')] + 'weight'
+            is_norm = norm in params and params[norm].dim() == 1
+            assert torch.equal(param, torch.zeros_like(param)), name
+            if is_norm:
+                assert torch.equal(params[norm], torch.ones_like(params[norm])), norm
+    # The norms' running statistics start as identity too.
+    bn = model.stem[0].norm
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_with_cp_in_training_updates_batchnorm_statistics_once():
+    # torch.utils.checkpoint re-runs each block's forward in the backward pass, in training
+    # mode; the running statistics must still be those of one forward.
+    torch.manual_seed(0)
+    model = DualFormer(arch='t', drop_path_rate=0.1).train()
+    model_cp = DualFormer(arch='t', drop_path_rate=0.1, with_cp=True).train()
+    model_cp.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    grads, outs = [], []
+    for net in (model, model_cp):
+        torch.manual_seed(1)  # the same drop-path draws
+        out = net(x.clone().requires_grad_())
+        sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in out).backward()
+        outs.append(out)
+        grads.append({n: p.grad for n, p in net.named_parameters()})
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+    buffers, buffers_cp = dict(model.named_buffers()), dict(model_cp.named_buffers())
+    checked = 0
+    for name, value in buffers.items():
+        if 'running' in name or 'num_batches' in name:
+            torch.testing.assert_close(buffers_cp[name], value, msg=name, rtol=1e-5, atol=1e-6)
+            checked += 1
+    assert checked > 100  # every BatchNorm of the blocks, not just the stem
+    assert int(buffers_cp['stages.0.blocks.0.norm1.num_batches_tracked']) == 1
 
 
 def test_pretrained_with_prefix_and_partitions_reproduced(tmp_path):
@@ -223,6 +290,10 @@ def test_pretrained_with_prefix_and_partitions_reproduced(tmp_path):
     dict(use_inter=False),
     dict(partition='kmeans'),
     dict(sr_ratios=(1, 1, 1, 1), num_partitions=(2, 4, 16, 4)),
+    dict(intra='token'),
+    dict(intra='token', use_inter=False),
+    dict(norm_cfg=dict(type='GN', num_groups=1)),
+    dict(norm_cfg=dict(type='LN')),
 ])
 def test_ablation_switches(kwargs):
     model = DualFormer(arch='t', **kwargs)
@@ -257,7 +328,7 @@ def test_pretrained_without_checkpoint_falls_back_to_default_init():
                                                prefix='backbone.'))
     assert model.init_cfg[0]['type'] == 'TruncNormal'
     model.init_weights()
-    assert model.stages[1].blocks[0].ffn[0].weight.detach().std().item() == pytest.approx(
+    assert model.stages[1].blocks[0].ffn.fc1.weight.detach().std().item() == pytest.approx(
         0.02, rel=0.2)
 
 
@@ -297,3 +368,80 @@ def test_batch_of_one():
     assert frozen_norms(torch.rand(1, 3, 16, 16))[3].shape == (1, 320, 1, 1)
     group_norm = DualFormer(arch='t', norm_cfg=dict(type='GN', num_groups=1)).train()
     assert torch.isfinite(group_norm(torch.rand(1, 3, 16, 16))[3]).all()
+
+
+@pytest.mark.parametrize('norm,cls', [('LN', 'LayerNorm2d'), ('LN2d', 'LayerNorm2d'),
+                                      ('GN', 'GroupNorm'), ('BN', 'BatchNorm2d')])
+def test_norm_types_normalise_nchw_maps(norm, cls):
+    cfg = dict(type=norm, num_groups=1) if norm == 'GN' else dict(type=norm)
+    model = DualFormer(arch='t', norm_cfg=cfg)
+    norms = {type(m).__name__ for m in model.modules()
+             if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm, _BatchNorm))}
+    assert norms == {cls}
+    if norm.startswith('LN'):
+        # Over the channels of each pixel: every pixel of the output has mean 0 and std 1
+        # before the affine (identity at init).
+        model.init_weights()
+        out = model.norm0(torch.randn(2, 64, 5, 7) * 3 + 1)
+        torch.testing.assert_close(out.mean(1), torch.zeros(2, 5, 7), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.var(1, unbiased=False), torch.ones(2, 5, 7),
+                                   atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_to_spatial_only_in_downsampled_stages(arch):
+    model = DualFormer(arch=arch)
+    for stage, k in zip(model.stages, (4, 2, 1, 1)):
+        for block in stage.blocks:
+            assert block.attn.sr_ratio == k
+            assert isinstance(block.attn.to_spatial, torch.nn.Identity) == (k == 1)
+    assert not any('to_spatial' in n for n, _ in model.stages[2].named_parameters())
+
+
+def test_forward_and_backward_never_wait_for_the_device():
+    # On a GPU, reading a tensor's value on the host (.item(), bool(), data-dependent shapes)
+    # waits for the device. Meta tensors have no values: any such read raises, so a whole
+    # training step on the meta device proves the path has none (the CUDA path of every check
+    # that differs from CPU, e.g. the finite-input check, is the one taken for meta).
+    with ops.use_backend('reference'):
+        for intra in ('pool', 'token'):
+            model = DualFormer(arch='t', intra=intra).to('meta').train()
+            x = torch.rand(2, 3, 64, 64, device='meta', requires_grad=True)
+            outs = model(x)
+            assert [o.device.type for o in outs] == ['meta'] * 4
+            sum(o.sum() for o in outs).backward()
+            assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_training_paths_compute_the_same(arch):
+    # The fast training path (channels-last: 1x1 convs as matrix products, the CPU FFN in
+    # tiles with its own backward) against plain NCHW convolutions: outputs, the input
+    # gradient, every parameter gradient and the BatchNorm statistics after one training step.
+    torch.manual_seed(0)
+    fast = DualFormer(arch=arch, drop_path_rate=0.1).train()
+    plain = DualFormer(arch=arch, drop_path_rate=0.1, channels_last=False).train()
+    plain.load_state_dict(fast.state_dict())
+    ffn = fast.stages[0].blocks[0].ffn
+    x = torch.rand(2, 3, 128, 96).contiguous(memory_format=torch.channels_last)
+    stage1 = torch.rand(2, 64, 32, 24, requires_grad=True)
+    assert ffn._path(stage1.contiguous(memory_format=torch.channels_last)) == 'tiled_training'
+    assert ffn._path(stage1) == 'plain'
+    results = []
+    for model in (fast, plain):
+        torch.manual_seed(1)  # the same drop-path draws
+        inp = x.clone().requires_grad_()
+        outs = model(inp)
+        sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in outs).backward()
+        results.append((outs, inp.grad, {n: p.grad for n, p in model.named_parameters()},
+                        {n: b for n, b in model.named_buffers() if 'running' in n}))
+    (outs_a, gx_a, grads_a, stats_a), (outs_b, gx_b, grads_b, stats_b) = results
+    for a, b in zip(outs_a, outs_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx_a, gx_b, rtol=1e-3, atol=1e-3 * gx_b.abs().max().item())
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_b.items():
+        torch.testing.assert_close(grads_a[name], grad, rtol=1e-3,
+                                   atol=1e-3 * grad.abs().max().item() + 1e-7, msg=name)
+    for name, value in stats_b.items():
+        torch.testing.assert_close(stats_a[name], value, rtol=1e-4, atol=1e-5, msg=name)

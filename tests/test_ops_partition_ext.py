@@ -102,17 +102,19 @@ def test_sums_do_not_depend_on_thread_count(groups, tokens):
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
+            weights, stats = torch.ops.dualformer.partition_softmax(scores, codes, 8)
             results.append((
                 ops.partition_mean(values, codes, 8),
                 torch.ops.dualformer.partition_distribute_backward(grad, codes, 8),
-                ops.partition_softmax_pool(scores, values, codes, 8)))
+                ops.partition_softmax_pool(scores, values, codes, 8), weights, stats,
+                torch.ops.dualformer.partition_softmax_backward(grad, scores, codes, stats)))
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
         assert torch.equal(other[0][0], results[0][0][0])
         assert torch.equal(other[0][1], results[0][0][1])
-        assert torch.equal(other[1], results[0][1])
-        assert torch.equal(other[2], results[0][2])
+        for i in range(1, 6):
+            assert torch.equal(other[i], results[0][i]), i
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -128,19 +130,30 @@ def test_pools_forward_backward_match_reference(device, dtype, rtol, atol):
             soft = ops.partition_softmax_pool(s, v, codes, k)
             mean, counts = ops.partition_mean(v, codes, k)
             spread = ops.partition_distribute(torch.cat([soft, mean], -1), codes)
+            weights = ops.partition_softmax(s, codes, k)
         # A weighted loss, so that every output element gets its own gradient.
-        weight = torch.randn(spread.shape, generator=torch.Generator().manual_seed(1)).to(device)
-        (spread.float() * weight).sum().backward()
-        grads[backend] = (soft.detach(), mean.detach(), counts, spread.detach(), s.grad, v.grad)
-    for name, got, want in zip(('soft', 'mean', 'counts', 'spread', 'grad_s', 'grad_v'),
-                               grads['ext'], grads['reference']):
+        gen = torch.Generator().manual_seed(1)
+        weight = torch.randn(spread.shape, generator=gen).to(device)
+        weight_tokens = torch.randn(weights.shape, generator=gen).to(device)
+        ((spread.float() * weight).sum() + (weights.float() * weight_tokens).sum()).backward()
+        grads[backend] = (soft.detach(), mean.detach(), counts, spread.detach(),
+                          weights.detach(), s.grad, v.grad)
+    for name, got, want in zip(('soft', 'mean', 'counts', 'spread', 'weights', 'grad_s',
+                                'grad_v'), grads['ext'], grads['reference']):
         assert got.dtype == want.dtype and got.shape == want.shape, name
         torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=name)
     soft, mean = grads['ext'][:2]
     # Empty partitions give exact zeros, never NaN.
     assert torch.isfinite(soft.float()).all() and torch.isfinite(mean.float()).all()
     assert (soft[0, :-1] == 0).all() and (mean[0, :-1] == 0).all()
-    assert torch.isfinite(grads['ext'][4].float()).all()
+    # Per-token weights sum to one over each non-empty partition and channel.
+    sums = torch.zeros(g, k, d, dtype=torch.float64, device=device)
+    sums.scatter_add_(1, codes.unsqueeze(-1).expand(-1, -1, d), grads['ext'][4].double())
+    present = torch.zeros(g, k, dtype=torch.bool, device=device)
+    present.scatter_(1, codes, True)
+    torch.testing.assert_close(sums[present], torch.ones_like(sums[present]), rtol=0,
+                               atol=max(atol, 1e-5) * 8)
+    assert torch.isfinite(grads['ext'][5].float()).all()
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -154,6 +167,7 @@ def test_gradcheck_float64(device):
         lambda s, v: ops.partition_softmax_pool(s, v, codes, k), (scores, values))
     assert torch.autograd.gradcheck(lambda v: ops.partition_mean(v, codes, k)[0], (values,))
     assert torch.autograd.gradcheck(lambda p: ops.partition_distribute(p, codes), (pooled,))
+    assert torch.autograd.gradcheck(lambda s: ops.partition_softmax(s, codes, k), (scores,))
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -168,6 +182,11 @@ def test_single_token(device):
     soft.sum().backward()
     # One token is its own softmax: out = v, so d out/d v = 1 and d out/d s = 0.
     assert torch.allclose(values.grad, torch.full_like(values, 1.0))
+    scores = (values.detach() * 3).requires_grad_()
+    weights = ops.partition_softmax(scores, codes, 4)
+    assert torch.equal(weights, torch.ones_like(weights))
+    weights.sum().backward()
+    assert torch.equal(scores.grad, torch.zeros_like(scores))
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -179,6 +198,7 @@ def test_non_contiguous_inputs(device):
     pooled = torch.randn(3, 10, 5, device=device).transpose(1, 2)  # (G, K=5, D=10)
     assert not (values.is_contiguous() or scores.is_contiguous() or codes.is_contiguous())
     for op, args in (('partition_softmax_pool', (scores, values, codes, 5)),
+                     ('partition_softmax', (scores, codes, 5)),
                      ('partition_mean', (values, codes, 5)),
                      ('partition_distribute', (pooled, codes))):
         got, want = getattr(ops, op)(*args), reference(op, *args)
@@ -192,6 +212,7 @@ def test_large_n(device):
     scores, values, codes = make_inputs(g, n, d, k, device, torch.float32, empty=False)
     values = values + 1000.0
     for op, args in (('partition_softmax_pool', (scores, values, codes, k)),
+                     ('partition_softmax', (scores, codes, k)),
                      ('partition_mean', (values, codes, k))):
         torch.testing.assert_close(getattr(ops, op)(*args), reference(op, *args),
                                    rtol=1e-5, atol=1e-3, msg=op)
@@ -220,6 +241,19 @@ def test_softmax_pool_propagates_nan_and_inf(device):
     assert out.isnan().sum() == 2 and (out[0, :-1] == 0).all()  # empty partitions stay 0
     for got, want in zip(results['ext'], results['reference']):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+    # Per-token weights: NaN for every token of the affected partition and channel only.
+    weights = {}
+    for backend in ('ext', 'reference'):
+        s = scores.clone().requires_grad_()
+        with ops.use_backend(backend):
+            w = ops.partition_softmax(s, codes, 4)
+        w.backward(torch.ones_like(w))
+        weights[backend] = (w.detach(), s.grad)
+    w = weights['ext'][0]
+    assert w[1, codes[1] == codes[1, 3], 2].isnan().all()
+    assert w.isnan().sum() == (codes[1] == codes[1, 3]).sum() + (codes[1] == codes[1, 7]).sum()
+    for got, want in zip(weights['ext'], weights['reference']):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -230,6 +264,9 @@ def test_zero_channels(device):
     means, counts = ops.partition_mean(values, codes, 4)
     assert means.shape == (2, 4, 0) and counts.tolist() == [[2, 1, 3, 0], [0, 0, 0, 6]]
     assert ops.partition_softmax_pool(values, values, codes, 4).shape == (2, 4, 0)
+    assert ops.partition_softmax(values, codes, 4).shape == (2, 6, 0)
+    tokens = torch.zeros(2, 0, 3, device=device)  # N = 0: no token to weight or pool
+    assert ops.partition_softmax(tokens, codes[:, :0], 4).shape == (2, 0, 3)
     assert ops.partition_distribute(means, codes).shape == (2, 6, 0)
 
 
@@ -252,6 +289,14 @@ def test_backward_ops_check_their_inputs():
         lib.partition_mean_backward(grad, codes, counts.float())
     with pytest.raises(RuntimeError, match='num_partitions must be >= 1'):
         lib.partition_distribute_backward(values, codes, 0)
+    softmax_stats = torch.randn(2, 2, 4, 3)
+    lib.partition_softmax_backward(values, values, codes, softmax_stats)  # consistent: fine
+    with pytest.raises(RuntimeError, match='stats must be'):
+        lib.partition_softmax_backward(values, values, codes, softmax_stats[:, :1])
+    with pytest.raises(RuntimeError, match='grad must have the shape'):
+        lib.partition_softmax_backward(values[:, :4], values, codes, softmax_stats)
+    with pytest.raises(RuntimeError, match='accumulation dtype'):
+        lib.partition_softmax_backward(values, values, codes, softmax_stats.double())
 
 
 def test_codes_out_of_range_raise():
@@ -261,15 +306,18 @@ def test_codes_out_of_range_raise():
         ops.partition_mean(values, bad, 4)
     with pytest.raises(RuntimeError, match=r'codes must lie in \[0, 4\)'):
         ops.partition_softmax_pool(values, values, bad, 4)
+    with pytest.raises(RuntimeError, match=r'codes must lie in \[0, 4\)'):
+        ops.partition_softmax(values, bad, 4)
+    # The public function promotes mixed dtypes (see test_autocast.py); the raw op refuses.
     with pytest.raises(RuntimeError, match='must share a dtype'):
-        ops.partition_softmax_pool(values.double(), values, bad.clamp(max=3), 4)
+        torch.ops.dualformer.partition_softmax_pool(values.double(), values, bad.clamp(max=3), 4)
 
 
-@pytest.mark.parametrize('arch', ARCHS)
-def test_backbone_ext_equals_reference(arch):
+@pytest.mark.parametrize('arch,intra', [(arch, 'pool') for arch in ARCHS] + [('t', 'token')])
+def test_backbone_ext_equals_reference(arch, intra):
     # Eval mode: with batch statistics of a 2x3 stage-4 map, train-mode BatchNorm of the deep
     # sizes amplifies fp32 summation-order noise by 1e4, which says nothing about the ops.
-    model = DualFormer(arch=arch, drop_path_rate=0.).eval()
+    model = DualFormer(arch=arch, drop_path_rate=0., intra=intra).eval()
     x = torch.rand(2, 3, 64, 96)
     outs = {}
     for backend in ('ext', 'reference'):

@@ -1,4 +1,8 @@
-"""Reference partition ops (paper section 3.2) against naive per-partition loops."""
+"""Partition ops (paper section 3.2) against naive per-partition loops.
+
+Every test runs twice: with ``DUALFORMER_OPS=reference``, which checks the PyTorch reference
+itself (the oracle of the fused kernels), and with ``ext``, the fused kernels.
+"""
 import pytest
 import torch
 
@@ -6,6 +10,13 @@ from dualformer_mm import ops
 from tests.utils import DEVICES
 
 DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.fixture(autouse=True, params=['reference', 'ext'])
+def backend(request):
+    """Pin the backend of the dispatching functions for each test."""
+    with ops.use_backend(request.param):
+        yield request.param
 
 
 def naive_codes(x, planes):
@@ -17,10 +28,12 @@ def naive_codes(x, planes):
 
 
 def naive_pools(scores, values, codes, k):
-    """Mean and softmax pooling by an explicit loop over groups and partitions."""
+    """Mean pooling, softmax pooling and per-token softmax weights by explicit loops over
+    groups and partitions."""
     g, _, d = values.shape
     mean = torch.zeros(g, k, d, dtype=torch.float64)
     soft = torch.zeros(g, k, d, dtype=torch.float64)
+    weights = torch.zeros(values.shape, dtype=torch.float64)
     for gi in range(g):
         for p in range(k):
             mask = codes[gi] == p
@@ -29,7 +42,8 @@ def naive_pools(scores, values, codes, k):
                 mean[gi, p] = v.mean(0)
                 w = torch.softmax(scores[gi][mask].double(), dim=0)
                 soft[gi, p] = (w * v).sum(0)
-    return mean, soft
+                weights[gi][mask] = w
+    return mean, soft, weights
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -60,10 +74,13 @@ def test_pools_match_naive_loops(device, dtype):
     mean, counts = ops.partition_mean(values.to(device, dtype), codes.to(device), k)
     soft = ops.partition_softmax_pool(scores.to(device, dtype), values.to(device, dtype),
                                       codes.to(device), k)
-    ref_mean, ref_soft = naive_pools(scores, values, codes, k)
+    weights = ops.partition_softmax(scores.to(device, dtype), codes.to(device), k)
+    ref_mean, ref_soft, ref_weights = naive_pools(scores, values, codes, k)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(mean.cpu().double(), ref_mean, **tol)
     torch.testing.assert_close(soft.cpu().double(), ref_soft, **tol)
+    torch.testing.assert_close(weights.cpu().double(), ref_weights, **tol)
+    assert mean.dtype == soft.dtype == weights.dtype == dtype
     assert torch.equal(counts.cpu(), torch.stack([torch.bincount(c, minlength=k) for c in codes]))
     # Empty partitions give zeros, never NaN.
     assert torch.isfinite(soft).all() and torch.isfinite(mean).all()
@@ -81,14 +98,17 @@ def test_distribute_gathers_partition_features():
 
 def test_non_contiguous_inputs():
     values = torch.randn(5, 3, 40).transpose(1, 2)  # (G, N=40, D=3), not contiguous
-    scores = torch.randn(5, 40, 3)[:, :, :]
+    scores = torch.randn(5, 40, 6)[:, :, ::2]  # every other channel: strided
     codes = torch.randint(0, 4, (5, 80))[:, ::2]
-    assert not values.is_contiguous() and not codes.is_contiguous()
+    assert not (values.is_contiguous() or scores.is_contiguous() or codes.is_contiguous())
     mean, _ = ops.partition_mean(values, codes, 4)
     soft = ops.partition_softmax_pool(scores, values, codes, 4)
-    ref_mean, ref_soft = naive_pools(scores, values.contiguous(), codes.contiguous(), 4)
+    weights = ops.partition_softmax(scores, codes, 4)
+    ref_mean, ref_soft, ref_weights = naive_pools(scores.contiguous(), values.contiguous(),
+                                                  codes.contiguous(), 4)
     torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(soft.double(), ref_soft, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights.double(), ref_weights, rtol=1e-5, atol=1e-6)
 
 
 def test_single_token_and_half_precision_accumulation():
@@ -114,6 +134,7 @@ def test_gradcheck_float64():
         lambda s, v: ops.partition_softmax_pool(s, v, codes, k), (scores, values))
     assert torch.autograd.gradcheck(lambda v: ops.partition_mean(v, codes, k)[0], (values,))
     assert torch.autograd.gradcheck(lambda p: ops.partition_distribute(p, codes), (pooled,))
+    assert torch.autograd.gradcheck(lambda s: ops.partition_softmax(s, codes, k), (scores,))
 
 
 def test_kmeans_separates_clusters():

@@ -17,9 +17,10 @@ from ._flops import FLOP_HANDLES, register_flop_handles
 from .lsh_hash import lsh_hash
 from .partition import (kmeans_assign_pytorch, lsh_hash_pytorch, partition_count_pytorch,
                         partition_distribute_pytorch, partition_mean_pytorch,
-                        partition_softmax_pool_pytorch)
+                        partition_softmax_pool_pytorch, partition_softmax_pytorch)
 from .partition_distribute import partition_distribute
 from .partition_mean import partition_mean
+from .partition_softmax import partition_softmax
 from .partition_softmax_pool import partition_softmax_pool
 
 partition_count = partition_count_pytorch
@@ -29,8 +30,8 @@ register_flop_handles()
 
 __all__ = [
     'lsh_hash', 'partition_count', 'partition_mean', 'partition_softmax_pool',
-    'partition_distribute', 'kmeans_assign', 'lsh_hash_pytorch', 'partition_count_pytorch',
-    'partition_mean_pytorch', 'partition_softmax_pool_pytorch', 'partition_distribute_pytorch',
-    'kmeans_assign_pytorch', 'get_backend', 'set_backend', 'use_backend', 'load_extension',
+    'partition_softmax', 'partition_distribute', 'kmeans_assign', 'lsh_hash_pytorch',
+    'partition_count_pytorch', 'partition_mean_pytorch', 'partition_softmax_pool_pytorch',
+    'partition_softmax_pytorch', 'partition_distribute_pytorch', 'kmeans_assign_pytorch', 'get_backend', 'set_backend', 'use_backend', 'load_extension',
     'prepare_backend', 'extension_available', 'FLOP_HANDLES', 'register_flop_handles'
 ]

@@ -15,6 +15,14 @@ imports its extension eagerly, which makes its pure path unreachable without a b
 
 During ONNX export every op takes its reference path: that decomposition into native ops is
 what the exporter translates.
+
+Under ``torch.use_deterministic_algorithms(True)`` (mmengine's
+``randomness=dict(deterministic=True)``) the CUDA kernels that sum with atomics, whose order
+varies from run to run, are not used: ``auto`` runs the reference there (its ``index_add`` and
+``index_select`` have deterministic CUDA implementations in that mode) and says so once, and
+``ext`` raises an error naming the setting. The CPU kernels are deterministic (fixed
+summation order, independent of the thread count) and the CUDA hash has no atomics, so those
+run as usual.
 """
 import contextlib
 import importlib
@@ -196,35 +204,58 @@ def _missing(device_type: str) -> str:
     return f'{EXT_NAME} has no kernels for device type {device_type!r}'
 
 
-def use_extension(op: str, device: torch.device) -> bool:
+def _warn_once(key: tuple, message: str) -> None:
+    if key not in _state.warned:
+        _state.warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def use_extension(op: str, device: torch.device, cuda_deterministic: bool = False) -> bool:
     """Decide whether ``op`` on ``device`` runs the compiled kernel or the reference.
 
     Args:
         op (str): Op name, for messages.
         device (torch.device): Device of the op's inputs.
+        cuda_deterministic (bool): Whether the op's CUDA kernels, forward and backward, give
+            the same result on every run (no atomic sums), so that they may run under
+            ``torch.use_deterministic_algorithms(True)``. Defaults to False.
 
     Returns:
         bool: True for the extension.
 
     Raises:
-        RuntimeError: In ``ext`` mode, when the extension cannot serve the call.
+        RuntimeError: In ``ext`` mode, when the extension cannot serve the call, or when
+            deterministic algorithms are requested and the op's CUDA kernels are not.
     """
     mode = _state.mode if _state.mode is not None else get_backend()
     if mode == 'reference' or torch.onnx.is_in_onnx_export():
         return False
+    device_type = device.type
+    if (device_type == 'cuda' and not cuda_deterministic
+            and torch.are_deterministic_algorithms_enabled()):
+        if mode == 'ext' and not torch.is_deterministic_algorithms_warn_only_enabled():
+            raise RuntimeError(
+                f'{ENV_VAR}=ext but torch.use_deterministic_algorithms(True) is set (mmengine: '
+                f'randomness=dict(deterministic=True)), and the CUDA kernels of {op} sum with '
+                f'atomics in an order that varies from run to run. Set {ENV_VAR}=auto (or '
+                'reference) for the deterministic PyTorch reference ops, or turn deterministic '
+                'algorithms off.')
+        if mode == 'auto':
+            _warn_once(('cuda', 'deterministic'),
+                       'dualformer_mm partition ops: torch.use_deterministic_algorithms(True) '
+                       'is set, so they run the PyTorch reference ops on CUDA, which are '
+                       'deterministic there (the fused CUDA kernels sum with atomics).')
+            return False
     if not _state.tried:
         load_extension()
-    device_type = device.type
     if _state.ext is not None and (device_type == 'cpu' or (device_type == 'cuda' and _state.ext_cuda)):
         return True
     reason = _missing(device_type)
     if mode == 'ext':
         raise RuntimeError(f'{ENV_VAR}=ext but {reason}, so {op} cannot run; {BUILD_HINT}, or '
                            f'set {ENV_VAR}=reference for the PyTorch ops.')
-    key = (device_type, reason)
-    if key not in _state.warned:
-        _state.warned.add(key)
-        warnings.warn(f'dualformer_mm partition ops: {reason}; using the PyTorch reference ops '
-                      f'on {device_type}. To use the fused kernels, {BUILD_HINT}. Set '
-                      f'{ENV_VAR}=reference to silence this.', RuntimeWarning, stacklevel=3)
+    _warn_once((device_type, reason),
+               f'dualformer_mm partition ops: {reason}; using the PyTorch reference ops on '
+               f'{device_type}. To use the fused kernels, {BUILD_HINT}. Set {ENV_VAR}=reference '
+               'to silence this.')
     return False

@@ -79,6 +79,7 @@ def reduction_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 FLOP_HANDLES: Dict[str, Any] = {
     'dualformer::lsh_hash': lsh_hash_flop_jit,
     'dualformer::partition_softmax_pool': reduction_flop_jit,
+    'dualformer::partition_softmax': reduction_flop_jit,
     'dualformer::partition_mean': reduction_flop_jit,
     'dualformer::partition_distribute': reduction_flop_jit,
 }
@@ -88,8 +89,7 @@ def register_flop_handles() -> None:
     """Add :data:`FLOP_HANDLES` to mmengine's default FLOP table (idempotent).
 
     Example:
-        >>> import numpy as np
-from mmengine.analysis import complexity_analysis
+        >>> from mmengine.analysis import complexity_analysis
         >>> register_flop_handles()
         >>> 'dualformer::lsh_hash' in complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
         True

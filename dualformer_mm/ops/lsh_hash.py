@@ -32,7 +32,8 @@ def lsh_hash(x: Tensor, planes: Tensor) -> Tensor:
         >>> lsh_hash(x, torch.eye(2)).tolist()  # bit b set when x_b >= 0
         [[1, 2]]
     """
-    if use_extension('lsh_hash', x.device):
+    # The CUDA hash is a float64 einsum and a bit-packing map: no atomics, deterministic.
+    if use_extension('lsh_hash', x.device, cuda_deterministic=True):
         return torch.ops.dualformer.lsh_hash(x, planes)
     return lsh_hash_pytorch(x, planes)
 

@@ -81,13 +81,36 @@ def partition_mean_pytorch(x: Tensor, codes: Tensor, num_partitions: int) -> Tup
     return means.to(x.dtype), counts
 
 
+def _partition_exp(scores: Tensor, codes: Tensor, num_partitions: int,
+                   acc_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The shared first steps of both softmax ops: max-shifted exponentials per partition.
+
+    Returns:
+        tuple: ``flat`` (G*N,) partition rows, ``s`` the scores as (G*N, D) in
+        ``acc_dtype``, ``e = exp(s - max over the token's partition)`` (G*N, D) and
+        ``denom`` (G*K, D), the per-partition sums of ``e``.
+    """
+    groups, _, dim = scores.shape
+    flat = _flat_index(codes, num_partitions)
+    s = scores.reshape(-1, dim).to(acc_dtype)
+    idx = flat.unsqueeze(1).expand(-1, dim)
+    # Subtract the per-partition max so exp() cannot overflow; the max is not differentiated
+    # (softmax is invariant to it), which keeps the gradient exact.
+    peak = s.new_full((groups * num_partitions, dim), float('-inf'))
+    peak = peak.scatter_reduce(0, idx, s.detach(), reduce='amax', include_self=True)
+    e = torch.exp(s - peak.index_select(0, flat))
+    denom = s.new_zeros(groups * num_partitions, dim).index_add(0, flat, e)
+    return flat, s, e, denom
+
+
 def partition_softmax_pool_pytorch(scores: Tensor, values: Tensor, codes: Tensor,
                                    num_partitions: int) -> Tensor:
-    """Softmax-weighted pooling of ``values`` inside each partition (eqs. 6-7).
+    """Softmax-weighted pooling of ``values`` inside each partition (eqs. 6-7, ``intra='pool'``).
 
     For each channel ``c`` and partition ``k``:
     ``out[k, c] = sum_{i in k} softmax_{i in k}(scores[:, c])_i * values[i, c]``.
-    An empty partition gives zeros.
+    An empty partition gives zeros. Mixed input dtypes (as autocast hands them) are computed
+    in the accumulation dtype and returned in the dtype of ``values``.
 
     Args:
         scores (Tensor): (G, N, D) attention logits per token and channel.
@@ -99,20 +122,35 @@ def partition_softmax_pool_pytorch(scores: Tensor, values: Tensor, codes: Tensor
         Tensor: (G, K, D) pooled features.
     """
     groups, _, dim = scores.shape
-    flat = _flat_index(codes, num_partitions)
-    acc_dtype = torch.promote_types(scores.dtype, torch.float32)
-    s = scores.reshape(-1, dim).to(acc_dtype)
-    v = values.reshape(-1, dim).to(acc_dtype)
-    idx = flat.unsqueeze(1).expand(-1, dim)
-    # Subtract the per-partition max so exp() cannot overflow; the max is not differentiated
-    # (softmax is invariant to it), which keeps the gradient exact.
-    peak = s.new_full((groups * num_partitions, dim), float('-inf'))
-    peak = peak.scatter_reduce(0, idx, s.detach(), reduce='amax', include_self=True)
-    e = torch.exp(s - peak.index_select(0, flat))
-    denom = s.new_zeros(groups * num_partitions, dim).index_add(0, flat, e)
+    # At least fp32: half-precision sums over thousands of tokens would overflow or stall.
+    acc_dtype = torch.promote_types(torch.promote_types(scores.dtype, values.dtype),
+                                    torch.float32)
+    flat, s, e, denom = _partition_exp(scores, codes, num_partitions, acc_dtype)
+    v = values.reshape(-1, dim).to(s.dtype)
     numer = s.new_zeros(groups * num_partitions, dim).index_add(0, flat, e * v)
-    out = numer / denom.clamp(min=torch.finfo(acc_dtype).tiny)
+    out = numer / denom.clamp(min=torch.finfo(s.dtype).tiny)
     return out.view(groups, num_partitions, dim).to(values.dtype)
+
+
+def partition_softmax_pytorch(scores: Tensor, codes: Tensor, num_partitions: int) -> Tensor:
+    """Per-token softmax weights inside each partition (eqs. 6-7, ``intra='token'``).
+
+    ``w[i, c] = exp(scores[i, c]) / sum_{j in k(i)} exp(scores[j, c])``: for each channel, the
+    weights of the tokens of one partition sum to one. MHPA's token reading multiplies them
+    with the transformed features, ``x_i^intra = w_i * x~_i``.
+
+    Args:
+        scores (Tensor): (G, N, D) logits per token and channel.
+        codes (Tensor): (G, N) partition codes.
+        num_partitions (int): K.
+
+    Returns:
+        Tensor: (G, N, D) weights in the dtype of ``scores``.
+    """
+    acc_dtype = torch.promote_types(scores.dtype, torch.float32)
+    flat, _, e, denom = _partition_exp(scores, codes, num_partitions, acc_dtype)
+    # Every token's own partition holds it, so its denominator is at least exp(0) = 1.
+    return (e / denom.index_select(0, flat)).view(scores.shape).to(scores.dtype)
 
 
 def partition_distribute_pytorch(pooled: Tensor, codes: Tensor) -> Tensor:

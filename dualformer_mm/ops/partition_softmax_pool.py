@@ -24,7 +24,8 @@ def partition_softmax_pool(scores: Tensor, values: Tensor, codes: Tensor,
     :func:`partition_softmax_pool_pytorch` according to ``DUALFORMER_OPS``.
 
     Args:
-        scores (Tensor): (G, N, D) logits, same dtype as ``values``.
+        scores (Tensor): (G, N, D) logits; a dtype other than that of ``values`` (as autocast
+            gives) is computed in the wider of the two.
         values (Tensor): (G, N, D) features to pool.
         codes (Tensor): (G, N) int64 partition codes in ``[0, num_partitions)``.
         num_partitions (int): K.
@@ -40,9 +41,17 @@ def partition_softmax_pool(scores: Tensor, values: Tensor, codes: Tensor,
                  [0.],
                  [5.]]])
     """
-    if use_extension('partition_softmax_pool', values.device):
-        return torch.ops.dualformer.partition_softmax_pool(scores, values, codes, num_partitions)[0]
-    return partition_softmax_pool_pytorch(scores, values, codes, num_partitions)
+    if not use_extension('partition_softmax_pool', values.device):
+        return partition_softmax_pool_pytorch(scores, values, codes, num_partitions)
+    out_dtype = values.dtype
+    if scores.dtype != values.dtype:
+        # Autocast hands MHPA fp32 scores (norm outputs) and half values (a linear's output):
+        # the kernel computes in the wider dtype, as the reference does, and the result has
+        # the values' dtype, as the reference's has.
+        wide = torch.promote_types(scores.dtype, values.dtype)
+        scores, values = scores.to(wide), values.to(wide)
+    pooled = torch.ops.dualformer.partition_softmax_pool(scores, values, codes, num_partitions)[0]
+    return pooled.to(out_dtype)
 
 
 @on_extension_load

@@ -10,15 +10,17 @@ paper is ambiguous, the choices are written in ``docs/architecture.md``.
 One copy of the model serves mmpretrain, mmdet and mmseg: it is registered in mmengine's
 root ``MODELS`` registry, which the three toolboxes' registries search.
 """
+import contextlib
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections import OrderedDict
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn import ConvModule, build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, ModuleList, Sequential
@@ -27,9 +29,14 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dualformer_mm import ops
+from ..layers import build_norm2d
 
 PARTITION_METHODS = ('lsh', 'kmeans')
-# TruncNormal for convs and linears, identity norms (as ConvNeXt and Swin initialise).
+# The two readings of intra-partition attention (eqs. 6-7), see PartitionAttention.
+INTRA_MODES = ('pool', 'token')
+# TruncNormal(0.02) for every conv and linear, identity norms, as ConvNeXt and Swin
+# initialise; the convs are plain nn.Conv2d (no mmcv ConvModule, whose own init_weights would
+# replace this with Kaiming after the parent's init_cfg has run).
 DEFAULT_INIT_CFG = [
     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
     dict(type='Constant', layer=['_BatchNorm', 'GroupNorm', 'LayerNorm'], val=1., bias=0.),
@@ -37,17 +44,95 @@ DEFAULT_INIT_CFG = [
 BLOCK_MODES = ('parallel', 'serial')
 # Hidden activations per FFN tile in inference on CPU: 2 MiB of fp32, which stays in cache.
 FFN_TILE_ELEMENTS = 1 << 19
+NAN_INPUT_MESSAGE = ('DualFormer input contains NaN or Inf values; check the data pipeline '
+                     'and normalisation')
+
+
+def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                  padding: int = 0, groups: int = 1, norm_cfg: Optional[Dict] = None,
+                  act_cfg: Optional[Dict] = None) -> Sequential:
+    """A conv (no bias when a norm follows), an optional norm and an optional activation.
+
+    The children are named ``conv``, ``norm`` and ``act`` (state dict keys such as
+    ``stem.0.conv.weight``).
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        kernel_size (int): Square kernel size.
+        stride (int): Stride. Defaults to 1.
+        padding (int): Zero padding. Defaults to 0.
+        groups (int): Conv groups (``in_channels`` for a depth-wise conv). Defaults to 1.
+        norm_cfg (dict, optional): Norm config (see :func:`build_norm2d`). Defaults to None.
+        act_cfg (dict, optional): Activation config. Defaults to None.
+
+    Returns:
+        Sequential: The layers.
+
+    Example:
+        >>> layer = conv_norm_act(3, 8, 3, stride=2, padding=1, norm_cfg=dict(type='BN'),
+        ...                       act_cfg=dict(type='GELU'))
+        >>> list(dict(layer.named_children()))
+        ['conv', 'norm', 'act']
+        >>> layer(torch.rand(1, 3, 9, 9)).shape
+        torch.Size([1, 8, 5, 5])
+    """
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                     groups=groups, bias=norm_cfg is None)
+    layers = OrderedDict(conv=conv)
+    if norm_cfg is not None:
+        layers['norm'] = build_norm2d(norm_cfg, out_channels)[1]
+    if act_cfg is not None:
+        layers['act'] = build_activation_layer(act_cfg)
+    return Sequential(layers)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    """Whether the NHWC view of the 4-d map ``x`` is contiguous: its pixels are matrix rows."""
+    return x.dim() == 4 and x.permute(0, 2, 3, 1).is_contiguous()
+
+
+@contextlib.contextmanager
+def _keep_running_statistics(module: nn.Module) -> Iterator[None]:
+    """Undo what a re-run of ``module``'s forward does to its BatchNorm statistics.
+
+    Gradient checkpointing runs a block's forward again in the backward pass, in training
+    mode, so every BatchNorm would update its running mean and variance (and
+    ``num_batches_tracked``) twice per step. The recomputation runs inside this context, which
+    copies them back afterwards; the copies stay on the device (no host synchronisation).
+    """
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in module.modules()
+             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, mean, var, count in saved:
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                norm.num_batches_tracked.copy_(count)
 
 
 class PartitionAttention(BaseModule):
     """Multi-Head Partition Attention (MHPA), section 3.2.
 
     Depth-wise stride-``k`` downsampling, a partition generator per head (LSH by random
-    hyperplanes, or K-Means), intra-partition attention (softmax pooling of each partition
-    into a proxy feature), inter-partition attention (mean partition descriptors weighted by
-    SE-style importance normalised over partitions), global-to-local aggregation (scatter
-    back, concatenate, 1x1 conv) and channel-to-spatial recovery (1x1 conv to ``C*k*k``
-    channels, pixel shuffle) with a skip connection.
+    hyperplanes, or K-Means), intra-partition attention (eqs. 6-7), inter-partition attention
+    (mean partition descriptors weighted by SE-style importance normalised over partitions,
+    eqs. 8-9), global-to-local aggregation (scatter back, concatenate, linear) and, when
+    ``k > 1``, channel-to-spatial recovery (1x1 conv to ``C*k*k`` channels, pixel shuffle),
+    with a skip connection. At ``k = 1`` nothing was downsampled and the aggregation's output
+    is used as it is.
+
+    Intra-partition attention has two readings (``docs/architecture.md`` quotes the equations):
+
+    * ``intra='pool'``: the softmax weights of eq. 6 pool each partition's transformed
+      features into one proxy feature, which is scattered back to the partition's tokens
+      with the inter-partition feature.
+    * ``intra='token'``: each token keeps its own transformed feature scaled by its softmax
+      weight within its partition, ``x_i^intra = w_i * x~_i`` (eq. 7 per token); only the
+      inter-partition feature is scattered back.
 
     Args:
         dims (int): Channels in and out.
@@ -55,6 +140,7 @@ class PartitionAttention(BaseModule):
         num_partitions (int): Partitions per head. A power of two for LSH. Defaults to 8.
         sr_ratio (int): Downsampling rate ``k`` of the depth-wise stride conv. Defaults to 1.
         partition (str): ``'lsh'`` or ``'kmeans'``. Defaults to ``'lsh'``.
+        intra (str): ``'pool'`` or ``'token'``. Defaults to ``'pool'``.
         use_intra (bool): Use intra-partition attention. Defaults to True.
         use_inter (bool): Use inter-partition attention. Defaults to True.
         kmeans_iters (int): Lloyd iterations of the K-Means generator. Defaults to 3.
@@ -65,6 +151,8 @@ class PartitionAttention(BaseModule):
         >>> attn = PartitionAttention(dims=64, num_heads=2, num_partitions=8, sr_ratio=2)
         >>> attn(torch.rand(2, 64, 15, 17)).shape
         torch.Size([2, 64, 15, 17])
+        >>> PartitionAttention(32, 1, intra='token')(torch.rand(1, 32, 6, 6)).shape
+        torch.Size([1, 32, 6, 6])
     """
 
     def __init__(self,
@@ -73,6 +161,7 @@ class PartitionAttention(BaseModule):
                  num_partitions: int = 8,
                  sr_ratio: int = 1,
                  partition: str = 'lsh',
+                 intra: str = 'pool',
                  use_intra: bool = True,
                  use_inter: bool = True,
                  kmeans_iters: int = 3,
@@ -83,6 +172,8 @@ class PartitionAttention(BaseModule):
             raise ValueError(f'dims ({dims}) must be divisible by num_heads ({num_heads})')
         if partition not in PARTITION_METHODS:
             raise ValueError(f'partition must be one of {PARTITION_METHODS}, got {partition!r}')
+        if intra not in INTRA_MODES:
+            raise ValueError(f'intra must be one of {INTRA_MODES}, got {intra!r}')
         if not (use_intra or use_inter):
             raise ValueError('at least one of use_intra and use_inter must be True')
         if partition == 'lsh' and (num_partitions < 2 or num_partitions & (num_partitions - 1)):
@@ -96,14 +187,14 @@ class PartitionAttention(BaseModule):
         self.num_partitions = num_partitions
         self.sr_ratio = sr_ratio
         self.partition = partition
+        self.intra = intra
         self.use_intra = use_intra
         self.use_inter = use_inter
         self.kmeans_iters = kmeans_iters
 
         if sr_ratio > 1:
-            self.down = ConvModule(
-                dims, dims, sr_ratio, stride=sr_ratio, groups=dims, norm_cfg=norm_cfg,
-                act_cfg=None)
+            self.down = conv_norm_act(dims, dims, sr_ratio, stride=sr_ratio, groups=dims,
+                                      norm_cfg=norm_cfg)
         else:
             self.down = nn.Identity()
         # The "lightweight linear layer" that gives the transformed features x~ (eq. 7).
@@ -120,7 +211,10 @@ class PartitionAttention(BaseModule):
                 nn.Linear(self.head_dims, hidden), nn.GELU(), nn.Linear(hidden, 1))
         num_paths = int(use_intra) + int(use_inter)
         self.aggregate = nn.Linear(num_paths * dims, dims)
-        self.to_spatial = nn.Conv2d(dims, dims * sr_ratio * sr_ratio, 1)
+        # Channel to spatial undoes the downsampling; at k = 1 there is none to undo, and a
+        # 1x1 conv there would be a third linear map between `aggregate` and the block's proj.
+        self.to_spatial = nn.Conv2d(dims, dims * sr_ratio * sr_ratio, 1) if sr_ratio > 1 \
+            else nn.Identity()
         # The fused ops' extension is imported here, not on the first forward, where
         # torch.compile would trace the import and the backend state it sets.
         ops.prepare_backend()
@@ -134,6 +228,22 @@ class PartitionAttention(BaseModule):
             codes = ops.kmeans_assign(
                 tokens.reshape(batch * heads, n, d), self.num_partitions, self.kmeans_iters)
             return codes.view(batch, heads, n)
+
+    def partition_importance(self, desc: Tensor, counts: Tensor) -> Tensor:
+        """Importance of each partition (eq. 9): (G, K, d) descriptors -> (G, K) weights.
+
+        SE-style coefficients ``sigmoid(FC(GELU(FC(desc))))``, normalised to sum to one over
+        the non-empty partitions of each group; an empty partition gets weight 0.
+        """
+        importance = torch.sigmoid(self.importance(desc).squeeze(-1))
+        importance = importance * (counts > 0).to(importance.dtype)
+        return importance / importance.sum(-1, keepdim=True).clamp(min=1e-6)
+
+    def inter_features(self, values: Tensor, codes: Tensor) -> Tensor:
+        """Inter-partition features (eqs. 8-9): (G, n, d) values -> (G, K, d), the mean
+        descriptor of each partition times its :meth:`partition_importance`."""
+        desc, counts = ops.partition_mean(values, codes, self.num_partitions)
+        return desc * self.partition_importance(desc, counts).unsqueeze(-1)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
@@ -152,30 +262,31 @@ class PartitionAttention(BaseModule):
         tokens = tokens.reshape(batch * heads, n, d)
         values = values.reshape(batch * heads, n, d)
 
-        pooled: List[Tensor] = []
-        if self.use_intra:
-            # Eqs. 6-7: per-channel softmax of the input over the partition weights the
+        per_token: List[Tensor] = []  # (G, n, d) features of the tokens themselves
+        pooled: List[Tensor] = []  # (G, K, d) partition features, scattered back below
+        if self.use_intra and self.intra == 'pool':
+            # Eqs. 6-7 pooled: per-channel softmax of the input over the partition weights the
             # transformed features into one proxy feature per partition.
             pooled.append(ops.partition_softmax_pool(tokens, values, codes, self.num_partitions))
+        elif self.use_intra:
+            # Eqs. 6-7 per token: each token's transformed feature times its softmax weight.
+            weights = ops.partition_softmax(tokens, codes, self.num_partitions)
+            per_token.append(weights * values.to(weights.dtype))
         if self.use_inter:
-            # Eqs. 8-9: mean descriptors, importance normalised over non-empty partitions.
-            desc, counts = ops.partition_mean(values, codes, self.num_partitions)
-            importance = torch.sigmoid(self.importance(desc).squeeze(-1))
-            importance = importance * (counts > 0).to(importance.dtype)
-            importance = importance / importance.sum(-1, keepdim=True).clamp(min=1e-6)
-            pooled.append(desc * importance.unsqueeze(-1))
-        # Global to local: both paths' partition features go back to the tokens in one
-        # gather. Concatenating the (G, K, d) pooled features first is exactly the
-        # concatenation of the two gathered (G, n, d) maps, with K << n rows to copy.
-        y = ops.partition_distribute(torch.cat(pooled, dim=-1) if len(pooled) > 1 else pooled[0],
-                                     codes)
+            pooled.append(self.inter_features(values, codes))
+        if pooled:
+            # Global to local: the partition features go back to the tokens in one gather.
+            # Concatenating the (G, K, d) pooled features first is exactly the concatenation
+            # of the gathered (G, n, d) maps, with K << n rows to copy.
+            per_token.append(ops.partition_distribute(
+                torch.cat(pooled, dim=-1) if len(pooled) > 1 else pooled[0], codes))
+        y = torch.cat(per_token, dim=-1) if len(per_token) > 1 else per_token[0]
         # (B*heads, n, paths*d) -> (B, n, heads*paths*d)
         y = y.view(batch, heads, n, -1).transpose(1, 2).reshape(batch, n, -1)
         y = self.aggregate(y).transpose(1, 2).reshape(batch, channels, h, w)
-        # Channel to spatial: (B, C, h, w) -> (B, C*k*k, h, w) -> (B, C, h*k, w*k).
-        y = self.to_spatial(y)
         if k > 1:
-            y = F.pixel_shuffle(y, k)[:, :, :height, :width]
+            # Channel to spatial: (B, C, h, w) -> (B, C*k*k, h, w) -> (B, C, h*k, w*k).
+            y = F.pixel_shuffle(self.to_spatial(y), k)[:, :, :height, :width]
         return x + y
 
 
@@ -201,15 +312,143 @@ class MBConv(BaseModule):
                  act_cfg: Dict = dict(type='GELU'),
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        layers = [ConvModule(dims, dims, 1, norm_cfg=norm_cfg, act_cfg=act_cfg)]
+        layers = [conv_norm_act(dims, dims, 1, norm_cfg=norm_cfg, act_cfg=act_cfg)]
         if use_dwconv:
-            layers.append(
-                ConvModule(dims, dims, 3, padding=1, groups=dims, norm_cfg=norm_cfg,
-                           act_cfg=act_cfg))
+            layers.append(conv_norm_act(dims, dims, 3, padding=1, groups=dims,
+                                        norm_cfg=norm_cfg, act_cfg=act_cfg))
         self.layers = Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+def _ffn_over_tiles(pixels: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                    act: nn.Module, rows: int) -> Tensor:
+    """``act(pixels @ w1.T + b1) @ w2.T + b2`` a tile of ``rows`` pixels at a time."""
+    out = pixels.new_empty(pixels.shape[0], w2.shape[0])
+    for start in range(0, pixels.shape[0], rows):
+        hidden = act(torch.addmm(b1, pixels[start:start + rows], w1.t()))
+        torch.addmm(b2, hidden, w2.t(), out=out[start:start + rows])
+    return out
+
+
+class _TiledFFN(torch.autograd.Function):
+    """fc1, activation and fc2 over tiles of rows of a pixel matrix, forward and backward.
+
+    Nothing ``hidden``-wide is kept for the backward (autograd keeps two such maps for the
+    plain path, the pre-activation and the activation): the backward recomputes each tile's
+    pre-activation and activation while the tile is in cache, one extra product with
+    ``w1``. The results are those of the plain path up to the order of fp32 additions in the
+    weight gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, pixels: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                act: nn.Module, rows: int) -> Tensor:
+        out = _ffn_over_tiles(pixels, w1, b1, w2, b2, act, rows)
+        ctx.save_for_backward(pixels, w1, b1, w2)
+        ctx.act, ctx.rows = act, rows
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        pixels, w1, b1, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        grad = grad.contiguous()
+        grad_x = torch.empty_like(pixels) if need_x else None
+        grad_w1 = torch.zeros_like(w1) if need_w1 else None
+        grad_w2 = torch.zeros_like(w2) if need_w2 else None
+        grad_b1 = torch.zeros_like(b1) if need_b1 else None
+        grad_b2 = grad.sum(0) if need_b2 else None
+        for start in range(0, pixels.shape[0], ctx.rows):
+            stop = start + ctx.rows
+            x, g = pixels[start:stop], grad[start:stop]
+            with torch.enable_grad():
+                h = torch.addmm(b1, x, w1.t()).requires_grad_()
+                a = ctx.act(h)
+            if need_w2:
+                grad_w2.addmm_(g.t(), a.detach())
+            grad_h, = torch.autograd.grad(a, h, g @ w2)
+            if need_b1:
+                grad_b1 += grad_h.sum(0)
+            if need_w1:
+                grad_w1.addmm_(grad_h.t(), x)
+            if need_x:
+                torch.mm(grad_h, w1, out=grad_x[start:stop])
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None
+
+
+class FFN(BaseModule):
+    """The block's feed-forward network: 1x1 conv to ``hidden`` channels, activation, 1x1 conv.
+
+    One computation, run per call in one of three ways that give the same numbers
+    (``tests/test_backbone.py`` compares them):
+
+    * plain: two 1x1 convolutions (cuDNN on GPUs, oneDNN on CPUs);
+    * on CPU, for channels-last maps (DualFormer's default layout), matrix products over tiles
+      of pixels whose ``hidden``-channel activations stay in cache (about 2 MiB a tile):
+      in inference (no autograd), where the full hidden map (131 MB for DualFormer-S's first
+      stage at 800x1280) never exists;
+    * and in training while ``dims`` is at most ``TILED_TRAINING_MAX_DIMS``, with a tiled
+      backward (:class:`_TiledFFN`) that recomputes each tile's hidden activations instead of
+      keeping two hidden maps. With more channels the convolutions' own blocking wins.
+
+    Args:
+        dims (int): Channels in and out.
+        hidden (int): Hidden channels.
+        act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
+        init_cfg (dict, optional): Initialization config. Defaults to None.
+
+    Example:
+        >>> ffn = FFN(16, 64)
+        >>> ffn(torch.rand(2, 16, 5, 7)).shape
+        torch.Size([2, 16, 5, 7])
+    """
+
+    # Measured on 2 CPU cores (docs/benchmarks.md): tiles made a training FFN step 1.4-1.7x
+    # faster than oneDNN's 1x1 convolutions at 64 and 128 channels (hidden 448 and 896), and
+    # slower at 320.
+    TILED_TRAINING_MAX_DIMS = 128
+
+    def __init__(self,
+                 dims: int,
+                 hidden: int,
+                 act_cfg: Dict = dict(type='GELU'),
+                 init_cfg: Optional[Dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.fc1 = nn.Conv2d(dims, hidden, 1)
+        self.act = build_activation_layer(act_cfg)
+        self.fc2 = nn.Conv2d(hidden, dims, 1)
+
+    def _path(self, x: Tensor) -> str:
+        """``'tiled'``, ``'tiled_training'`` or ``'plain'`` for this call."""
+        if (x.device.type != 'cpu' or torch.is_autocast_enabled('cpu')
+                or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or not _is_channels_last(x)):
+            # Autocast does not reach the out= matmuls of the tiles: the plain path casts.
+            return 'plain'
+        if not (torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)):
+            return 'tiled'
+        return 'tiled_training' if self.fc1.in_channels <= self.TILED_TRAINING_MAX_DIMS \
+            else 'plain'
+
+    def _tiled(self, x: Tensor, training: bool) -> Tensor:
+        """The FFN over tiles of pixels of a channels-last map; ``training``: with the tiled
+        backward of :class:`_TiledFFN`, else without autograd."""
+        batch, channels, height, width = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view in channels-last
+        args = (pixels, self.fc1.weight.view(self.fc1.out_channels, channels), self.fc1.bias,
+                self.fc2.weight.view(self.fc2.out_channels, self.fc2.in_channels),
+                self.fc2.bias, self.act, max(64, FFN_TILE_ELEMENTS // self.fc1.out_channels))
+        out = _TiledFFN.apply(*args) if training else _ffn_over_tiles(*args)
+        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        path = self._path(x)
+        if path == 'plain':
+            return self.fc2(self.act(self.fc1(x)))
+        return self._tiled(x, training=path == 'tiled_training')
 
 
 class DualAttentionBlock(BaseModule):
@@ -230,12 +469,15 @@ class DualAttentionBlock(BaseModule):
         mode (str): ``'parallel'`` or ``'serial'``. Defaults to ``'parallel'``.
         conv_ratio (float): Share of channels for MBConv in parallel mode. Defaults to 0.5.
         use_dwconv (bool): Depth-wise conv in MBConv. Defaults to True.
+        intra (str): Reading of intra-partition attention, ``'pool'`` or ``'token'`` (see
+            :class:`PartitionAttention`). Defaults to ``'pool'``.
         use_intra (bool): Intra-partition attention. Defaults to True.
         use_inter (bool): Inter-partition attention. Defaults to True.
         partition (str): ``'lsh'`` or ``'kmeans'``. Defaults to ``'lsh'``.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
-        with_cp (bool): Gradient checkpointing. Defaults to False.
+        with_cp (bool): Gradient checkpointing. The re-run of the forward in the backward
+            leaves BatchNorm's running statistics as one forward left them. Defaults to False.
         init_cfg (dict, optional): Initialization config. Defaults to None.
 
     Example:
@@ -255,6 +497,7 @@ class DualAttentionBlock(BaseModule):
                  mode: str = 'parallel',
                  conv_ratio: float = 0.5,
                  use_dwconv: bool = True,
+                 intra: str = 'pool',
                  use_intra: bool = True,
                  use_inter: bool = True,
                  partition: str = 'lsh',
@@ -275,16 +518,15 @@ class DualAttentionBlock(BaseModule):
         else:
             conv_dims = attn_dims = dims
         self.split = (conv_dims, attn_dims)
-        self.norm1 = build_norm_layer(norm_cfg, dims)[1]
+        self.norm1 = build_norm2d(norm_cfg, dims)[1]
         self.conv = MBConv(conv_dims, use_dwconv, norm_cfg=norm_cfg, act_cfg=act_cfg)
         self.attn = PartitionAttention(
             attn_dims, num_heads, num_partitions=num_partitions, sr_ratio=sr_ratio,
-            partition=partition, use_intra=use_intra, use_inter=use_inter, norm_cfg=norm_cfg)
+            partition=partition, intra=intra, use_intra=use_intra, use_inter=use_inter,
+            norm_cfg=norm_cfg)
         self.proj = nn.Conv2d(dims, dims, 1)
-        self.norm2 = build_norm_layer(norm_cfg, dims)[1]
-        hidden = int(dims * mlp_ratio)
-        self.ffn = Sequential(
-            nn.Conv2d(dims, hidden, 1), build_activation_layer(act_cfg), nn.Conv2d(hidden, dims, 1))
+        self.norm2 = build_norm2d(norm_cfg, dims)[1]
+        self.ffn = FFN(dims, int(dims * mlp_ratio), act_cfg=act_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _forward(self, x: Tensor) -> Tensor:
@@ -295,41 +537,17 @@ class DualAttentionBlock(BaseModule):
         else:
             y = self.attn(self.conv(y))
         x = x + self.drop_path(self.proj(y))
-        y = self.norm2(x)
-        return x + self.drop_path(self._tiled_ffn(y) if self._tiled_ffn_applies(y) else self.ffn(y))
+        return x + self.drop_path(self.ffn(self.norm2(x)))
 
-    def _tiled_ffn_applies(self, x: Tensor) -> bool:
-        """Whether this call is CPU inference, where the FFN may run in tiles."""
-        # Autocast does not reach the out= matmul of the tiles, so it keeps the plain path.
-        return (x.device.type == 'cpu' and not self.training
-                and not torch.is_autocast_enabled('cpu')
-                and not (torch.is_grad_enabled()
-                         and (x.requires_grad or self.ffn[0].weight.requires_grad))
-                and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                and x.is_contiguous(memory_format=torch.channels_last))
-
-    def _tiled_ffn(self, x: Tensor) -> Tensor:
-        """The FFN over tiles of pixels, for CPU inference."""
-        # The hidden map is mlp_ratio times wider than the input (131 MB for DualFormer-S's
-        # first stage at 800x1280). Tiles of pixels keep it in cache instead of writing and
-        # reading it back through memory, with the 1x1 convs written as matmuls over the NHWC
-        # pixels: that FFN takes 60 ms instead of 164 ms on 2 cores, with no large allocation.
-        expand, act, shrink = self.ffn
-        batch, channels, height, width = x.shape
-        hidden = expand.out_channels
-        pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view in channels-last
-        out = pixels.new_empty(pixels.shape[0], shrink.out_channels)
-        w_expand = expand.weight.view(hidden, channels)
-        w_shrink_t = shrink.weight.view(shrink.out_channels, hidden).t()
-        rows = max(64, FFN_TILE_ELEMENTS // hidden)
-        for start in range(0, pixels.shape[0], rows):
-            tile = act(F.linear(pixels[start:start + rows], w_expand, expand.bias))
-            torch.addmm(shrink.bias, tile, w_shrink_t, out=out[start:start + rows])
-        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
+    def _checkpoint_contexts(self) -> Tuple[contextlib.AbstractContextManager,
+                                            contextlib.AbstractContextManager]:
+        """Contexts of the checkpointed forward and of its re-run in the backward."""
+        return contextlib.nullcontext(), _keep_running_statistics(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
+            return cp.checkpoint(self._forward, x, use_reentrant=False,
+                                 context_fn=self._checkpoint_contexts)
         return self._forward(x)
 
 
@@ -365,8 +583,8 @@ class DualFormerStage(BaseModule):
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if downsample:
-            self.downsample = ConvModule(
-                in_channels, dims, 3, stride=2, padding=1, norm_cfg=norm_cfg, act_cfg=None)
+            self.downsample = conv_norm_act(in_channels, dims, 3, stride=2, padding=1,
+                                            norm_cfg=norm_cfg)
         else:
             self.downsample = nn.Identity()
         self.blocks = ModuleList([
@@ -410,10 +628,16 @@ class DualFormer(BaseModule):
         mode (str): ``'parallel'`` (the paper's dual path) or ``'serial'`` (Table 5).
         conv_ratio (float): Share of channels for the MBConv path. Defaults to 0.5.
         use_dwconv (bool): Depth-wise conv in the MBConv path (Table 5). Defaults to True.
+        intra (str): Reading of intra-partition attention (eqs. 6-7): ``'pool'``, one
+            softmax-pooled proxy feature per partition scattered back to its tokens, or
+            ``'token'``, each token's transformed feature scaled by its softmax weight (see
+            :class:`PartitionAttention` and ``docs/architecture.md``). Defaults to ``'pool'``.
         use_intra (bool): Intra-partition attention (Table 5). Defaults to True.
         use_inter (bool): Inter-partition attention (Table 5). Defaults to True.
         partition (str): Partition generator, ``'lsh'`` or ``'kmeans'`` (Table 6).
-        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        norm_cfg (dict): Norm config of every norm layer: ``'BN'``, ``'SyncBN'``, ``'GN'``
+            (e.g. ``dict(type='GN', num_groups=1)``), ``'LN'``/``'LN2d'`` (LayerNorm over the
+            channels of each pixel) or any other mmcv norm. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         channels_last (bool): Run the network in the channels-last (NHWC) memory layout:
             the input is converted once, every layer keeps the layout, and the outputs are
@@ -443,25 +667,25 @@ class DualFormer(BaseModule):
             'depths': [2, 2, 4, 2],
             'channels': [64, 128, 256, 320],
             'num_heads': [1, 2, 4, 5],
-            'mlp_ratios': [5, 4.5, 3, 2],
+            'mlp_ratios': [5.5, 3.5, 3.5, 2],
         }),
         **dict.fromkeys(['xs', 'xsmall'], {
             'depths': [2, 2, 4, 2],
             'channels': [64, 128, 320, 368],
             'num_heads': [1, 2, 5, 8],
-            'mlp_ratios': [7, 7, 6, 2.5],
+            'mlp_ratios': [7, 7, 6, 3],
         }),
         **dict.fromkeys(['s', 'small'], {
             'depths': [4, 4, 7, 3],
             'channels': [64, 128, 320, 512],
             'num_heads': [1, 2, 5, 8],
-            'mlp_ratios': [8, 7, 6, 4],
+            'mlp_ratios': [7, 7, 6.5, 4],
         }),
         **dict.fromkeys(['b', 'base'], {
             'depths': [6, 12, 25, 7],
             'channels': [64, 128, 368, 560],
             'num_heads': [1, 2, 8, 8],
-            'mlp_ratios': [8, 8, 7, 1.5],
+            'mlp_ratios': [7.5, 7.5, 7.5, 1],
         }),
     }
     num_stages = 4
@@ -479,6 +703,7 @@ class DualFormer(BaseModule):
                  mode: str = 'parallel',
                  conv_ratio: float = 0.5,
                  use_dwconv: bool = True,
+                 intra: str = 'pool',
                  use_intra: bool = True,
                  use_inter: bool = True,
                  partition: str = 'lsh',
@@ -513,10 +738,10 @@ class DualFormer(BaseModule):
         self.channels = list(channels)
 
         self.stem = Sequential(
-            ConvModule(in_channels, channels[0] // 2, 3, stride=2, padding=1,
-                       norm_cfg=norm_cfg, act_cfg=act_cfg),
-            ConvModule(channels[0] // 2, channels[0], 3, stride=2, padding=1,
-                       norm_cfg=norm_cfg, act_cfg=None))
+            conv_norm_act(in_channels, channels[0] // 2, 3, stride=2, padding=1,
+                          norm_cfg=norm_cfg, act_cfg=act_cfg),
+            conv_norm_act(channels[0] // 2, channels[0], 3, stride=2, padding=1,
+                          norm_cfg=norm_cfg))
 
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = ModuleList()
@@ -530,6 +755,7 @@ class DualFormer(BaseModule):
                 mode=mode,
                 conv_ratio=conv_ratio,
                 use_dwconv=use_dwconv,
+                intra=intra,
                 use_intra=use_intra,
                 use_inter=use_inter,
                 partition=partition,
@@ -541,7 +767,7 @@ class DualFormer(BaseModule):
                     downsample=i > 0, drop_paths=rates[start:start + depths[i]],
                     norm_cfg=norm_cfg, block_cfg=block_cfg))
         for i in self.out_indices:
-            self.add_module(f'norm{i}', build_norm_layer(norm_cfg, channels[i])[1])
+            self.add_module(f'norm{i}', build_norm2d(norm_cfg, channels[i])[1])
         if channels_last:
             # Conv weights in the same layout as the activations, or every strided conv
             # re-lays its weight out on each call.
@@ -619,17 +845,31 @@ class DualFormer(BaseModule):
                 "32x32 pixels, norm_eval=True, or a norm_cfg without batch statistics (e.g. "
                 "dict(type='GN', num_groups=1))")
 
+    @staticmethod
+    def _check_finite(x: Tensor) -> None:
+        """Refuse NaN/Inf input, which would otherwise come out as NaN features with no hint.
+
+        One reduction per eager forward, negligible next to the backbone. On CPU it raises a
+        ``ValueError`` at once. On other devices reading the answer would make the host wait
+        for the device in every forward (and break CUDA graph capture), so the check is a
+        device-side assert (``torch._assert_async``): a NaN input stops the run at its next
+        synchronisation with "CUDA error: device-side assert triggered" (run with
+        ``CUDA_LAUNCH_BLOCKING=1`` to see it raised at this forward). Skipped when tracing
+        (FLOP counting, ONNX) or compiling, where it would break the graph.
+        """
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        finite = torch.isfinite(x).all()
+        if x.device.type != 'cpu':
+            torch._assert_async(finite, NAN_INPUT_MESSAGE)
+        elif not finite:
+            raise ValueError(NAN_INPUT_MESSAGE)
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'DualFormer expects input of shape (N, {self.in_channels}, H, W), '
                              f'got {tuple(x.shape)}')
-        # NaN/Inf would otherwise come out as NaN features with no hint of the cause. One
-        # reduction and host sync per eager forward, negligible next to the backbone; skipped
-        # when tracing (FLOP counting, ONNX) or compiling, where it would break the graph.
-        if (not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                and not bool(torch.isfinite(x).all())):
-            raise ValueError('DualFormer input contains NaN or Inf values; check the data '
-                             'pipeline and normalisation')
+        self._check_finite(x)
         self._check_batch_statistics(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

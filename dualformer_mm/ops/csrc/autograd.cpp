@@ -50,6 +50,31 @@ class SoftmaxPoolFunction : public torch::autograd::Function<SoftmaxPoolFunction
   }
 };
 
+class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& scores, const Tensor& codes,
+                               int64_t num_partitions) {
+    static const auto op =
+        find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t)>(
+            "dualformer::partition_softmax");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [weights, stats] = op.call(scores, codes, num_partitions);
+    ctx->save_for_backward({scores, codes, stats});
+    // stats (per-partition max and sum of exp) only serves this backward.
+    ctx->mark_non_differentiable({stats});
+    return {weights, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
+            "dualformer::partition_softmax_backward");
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    return {op.call(grads[0], saved[0], saved[1], saved[2]), Tensor(), Tensor()};
+  }
+};
+
 class MeanFunction : public torch::autograd::Function<MeanFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& codes,
@@ -99,6 +124,12 @@ std::tuple<Tensor, Tensor> softmax_pool_autograd(const Tensor& scores, const Ten
   return {out[0], out[1]};
 }
 
+std::tuple<Tensor, Tensor> softmax_autograd(const Tensor& scores, const Tensor& codes,
+                                            int64_t num_partitions) {
+  auto out = SoftmaxFunction::apply(scores, codes, num_partitions);
+  return {out[0], out[1]};
+}
+
 std::tuple<Tensor, Tensor> mean_autograd(const Tensor& x, const Tensor& codes,
                                          int64_t num_partitions) {
   auto out = MeanFunction::apply(x, codes, num_partitions);
@@ -114,6 +145,7 @@ Tensor distribute_autograd(const Tensor& pooled, const Tensor& codes) {
 
 TORCH_LIBRARY_IMPL(dualformer, Autograd, m) {
   m.impl("partition_softmax_pool", &dualformer::softmax_pool_autograd);
+  m.impl("partition_softmax", &dualformer::softmax_autograd);
   m.impl("partition_mean", &dualformer::mean_autograd);
   m.impl("partition_distribute", &dualformer::distribute_autograd);
 }

@@ -30,6 +30,13 @@ std::tuple<Tensor, Tensor> softmax_pool_forward_cpu(const Tensor& scores, const 
 std::tuple<Tensor, Tensor> softmax_pool_backward_cpu(const Tensor& grad, const Tensor& scores,
                                                      const Tensor& values, const Tensor& codes,
                                                      const Tensor& stats);
+// Per-token softmax over each partition: weights (G, N, D) in the scores' dtype and stats
+// (2, G, K, D) in the accumulation dtype: stats[0] = the partition's maximum score, stats[1] =
+// the sum of exp(s - max) (an empty partition has -inf and 0; no token reads them).
+std::tuple<Tensor, Tensor> softmax_forward_cpu(const Tensor& scores, const Tensor& codes,
+                                               int64_t num_partitions);
+Tensor softmax_backward_cpu(const Tensor& grad, const Tensor& scores, const Tensor& codes,
+                            const Tensor& stats);
 std::tuple<Tensor, Tensor> mean_forward_cpu(const Tensor& x, const Tensor& codes,
                                             int64_t num_partitions);
 Tensor mean_backward_cpu(const Tensor& grad, const Tensor& codes, const Tensor& counts);
@@ -44,6 +51,10 @@ std::tuple<Tensor, Tensor> softmax_pool_forward_cuda(const Tensor& scores, const
 std::tuple<Tensor, Tensor> softmax_pool_backward_cuda(const Tensor& grad, const Tensor& scores,
                                                       const Tensor& values, const Tensor& codes,
                                                       const Tensor& stats);
+std::tuple<Tensor, Tensor> softmax_forward_cuda(const Tensor& scores, const Tensor& codes,
+                                                int64_t num_partitions);
+Tensor softmax_backward_cuda(const Tensor& grad, const Tensor& scores, const Tensor& codes,
+                             const Tensor& stats);
 std::tuple<Tensor, Tensor> mean_forward_cuda(const Tensor& x, const Tensor& codes,
                                              int64_t num_partitions);
 Tensor mean_backward_cuda(const Tensor& grad, const Tensor& codes, const Tensor& counts);

@@ -119,6 +119,41 @@ std::tuple<Tensor, Tensor> softmax_pool_backward_cpu(const Tensor& grad, const T
   return {grad_scores, grad_values};
 }
 
+std::tuple<Tensor, Tensor> softmax_forward_cpu(const Tensor& scores, const Tensor& codes,
+                                               int64_t parts) {
+  const int64_t groups = scores.size(0), tokens = scores.size(1), dim = scores.size(2);
+  Tensor weights = at::empty_like(scores);
+  Tensor stats = at::empty({2, groups, parts, dim},
+                           scores.options().dtype(acc_type_of(scores.scalar_type())));
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(),
+                                  "softmax_forward_cpu", [&] {
+    DUALFORMER_CPU_KERNEL(softmax_forward_kernel<scalar_t>)(
+        scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(),
+        weights.data_ptr<scalar_t>(), stats.data_ptr<at::opmath_type<scalar_t>>(), groups,
+        tokens, dim, parts, bad);
+  });
+  check_codes(bad, parts);
+  return {weights, stats};
+}
+
+Tensor softmax_backward_cpu(const Tensor& grad, const Tensor& scores, const Tensor& codes,
+                            const Tensor& stats) {
+  const int64_t groups = scores.size(0), tokens = scores.size(1), dim = scores.size(2);
+  const int64_t parts = stats.size(2);
+  Tensor grad_scores = at::empty_like(scores);
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(),
+                                  "softmax_backward_cpu", [&] {
+    DUALFORMER_CPU_KERNEL(softmax_backward_kernel<scalar_t>)(
+        grad.const_data_ptr<scalar_t>(), scores.const_data_ptr<scalar_t>(),
+        codes.const_data_ptr<int64_t>(), stats.const_data_ptr<at::opmath_type<scalar_t>>(),
+        grad_scores.data_ptr<scalar_t>(), groups, tokens, dim, parts, bad);
+  });
+  check_codes(bad, parts);
+  return grad_scores;
+}
+
 std::tuple<Tensor, Tensor> mean_forward_cpu(const Tensor& x, const Tensor& codes, int64_t parts) {
   const int64_t groups = x.size(0), tokens = x.size(1), dim = x.size(2);
   Tensor means = at::empty({groups, parts, dim}, x.options());

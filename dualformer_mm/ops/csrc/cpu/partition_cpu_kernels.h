@@ -140,6 +140,31 @@ void lsh_hash_kernel(const scalar_t* x, const double* planes, int64_t* codes, in
   });
 }
 
+// Pass 1 of both softmax ops: the maximum of `width` channels of one group's scores `s` (a
+// row stride of `dim`) over the tokens of each partition, into peak (K x kBlock). A code out
+// of range sets `bad` (the entry raises once the kernel is done) and the token is skipped.
+template <typename scalar_t>
+inline void partition_max_block(const scalar_t* s, const int64_t* code, int64_t tokens,
+                                int64_t dim, int64_t width, int64_t parts,
+                                at::opmath_type<scalar_t>* peak, std::atomic<bool>& bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::fill_n(peak, parts * kBlock, -std::numeric_limits<acc_t>::infinity());
+  for (int64_t n = 0; n < tokens; ++n) {
+    const int64_t k = code[n];
+    if (k < 0 || k >= parts) {
+      bad.store(true);
+      continue;
+    }
+    acc_t* __restrict__ m = peak + k * kBlock;
+    const scalar_t* __restrict__ row = s + n * dim;
+    if (width == kBlock) {  // full block: a fixed trip count the compiler vectorises
+      for (int64_t c = 0; c < kBlock; ++c) m[c] = std::max(m[c], static_cast<acc_t>(row[c]));
+    } else {
+      for (int64_t c = 0; c < width; ++c) m[c] = std::max(m[c], static_cast<acc_t>(row[c]));
+    }
+  }
+}
+
 template <typename scalar_t>
 void softmax_pool_forward_kernel(const scalar_t* scores, const scalar_t* values,
                                  const int64_t* codes, scalar_t* pooled,
@@ -156,24 +181,10 @@ void softmax_pool_forward_kernel(const scalar_t* scores, const scalar_t* values,
       const int64_t* code = codes + g * tokens;
       const scalar_t* s = scores + g * tokens * dim + c0;
       const scalar_t* v = values + g * tokens * dim + c0;
-      std::fill(peak.begin(), peak.end(), -std::numeric_limits<acc_t>::infinity());
       std::fill(denom.begin(), denom.end(), acc_t(0));
       std::fill(numer.begin(), numer.end(), acc_t(0));
       // Pass 1: the per-partition maximum, so that exp() below cannot overflow.
-      for (int64_t n = 0; n < tokens; ++n) {
-        const int64_t k = code[n];
-        if (k < 0 || k >= parts) {
-          bad.store(true);
-          continue;
-        }
-        acc_t* __restrict__ m = peak.data() + k * kBlock;
-        const scalar_t* __restrict__ row = s + n * dim;
-        if (width == kBlock) {  // full block: a fixed trip count the compiler vectorises
-          for (int64_t c = 0; c < kBlock; ++c) m[c] = std::max(m[c], static_cast<acc_t>(row[c]));
-        } else {
-          for (int64_t c = 0; c < width; ++c) m[c] = std::max(m[c], static_cast<acc_t>(row[c]));
-        }
-      }
+      partition_max_block(s, code, tokens, dim, width, parts, peak.data(), bad);
       // Pass 2: softmax denominator and weighted sum of the values. Fixed-size inner loops
       // over a full block (the tail of D is padded in the accumulators, never read from the
       // inputs) let the compiler vectorise them.
@@ -270,6 +281,139 @@ void softmax_pool_backward_kernel(const scalar_t* grad, const scalar_t* scores,
       if (c0 < dim)
         softmax_pool_backward_block<scalar_t, 0>(grad + p + c0, s + c0, v + c0, lse + p + c0,
                                                  pooled + p + c0, gs + c0, gv + c0, dim - c0);
+    }
+  });
+}
+
+// One token's `width` channels of the per-token softmax (Width > 0: a compile-time width, which
+// the compiler vectorises): w = exp(s - max) / sum, with the reciprocal of the sum given.
+template <typename scalar_t, int64_t Width>
+inline void softmax_weights_block(const scalar_t* s, const at::opmath_type<scalar_t>* m,
+                                  const at::opmath_type<scalar_t>* inv,
+                                  scalar_t* __restrict__ w, int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = Width > 0 ? Width : width;
+  for (int64_t c = 0; c < n; ++c)
+    w[c] = static_cast<scalar_t>(fast_exp(static_cast<acc_t>(s[c]) - m[c]) * inv[c]);
+}
+
+// Per-token softmax over each partition (intra='token'): tasks of (group, channel block), as
+// in the softmax pooling; pass 1 the maxima, pass 2 the sums of exp, pass 3 the weights.
+template <typename scalar_t>
+void softmax_forward_kernel(const scalar_t* scores, const int64_t* codes, scalar_t* weights,
+                            at::opmath_type<scalar_t>* stats, int64_t groups, int64_t tokens,
+                            int64_t dim, int64_t parts, std::atomic<bool>& bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t blocks = num_blocks(dim);
+  const int64_t stat_stride = groups * parts * dim;  // stats[0] = max, stats[1] = sum of exp
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> peak(parts * kBlock), denom(parts * kBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / blocks, c0 = (task % blocks) * kBlock;
+      const int64_t width = std::min(kBlock, dim - c0);
+      const int64_t* code = codes + g * tokens;
+      const scalar_t* s = scores + g * tokens * dim + c0;
+      scalar_t* w = weights + g * tokens * dim + c0;
+      partition_max_block(s, code, tokens, dim, width, parts, peak.data(), bad);
+      std::fill(denom.begin(), denom.end(), acc_t(0));
+      for (int64_t n = 0; n < tokens; ++n) {
+        const int64_t k = code[n];
+        if (k < 0 || k >= parts) continue;
+        const acc_t* m = peak.data() + k * kBlock;
+        acc_t* __restrict__ den = denom.data() + k * kBlock;
+        const scalar_t* srow = s + n * dim;
+        if (width == kBlock) {
+          for (int64_t c = 0; c < kBlock; ++c) den[c] += fast_exp(static_cast<acc_t>(srow[c]) - m[c]);
+        } else {
+          for (int64_t c = 0; c < width; ++c) den[c] += fast_exp(static_cast<acc_t>(srow[c]) - m[c]);
+        }
+      }
+      for (int64_t k = 0; k < parts; ++k) {
+        const int64_t at = (g * parts + k) * dim + c0;
+        for (int64_t c = 0; c < width; ++c) {
+          stats[at + c] = peak[k * kBlock + c];
+          stats[stat_stride + at + c] = denom[k * kBlock + c];
+          // Reciprocal once per partition and channel; a token's own partition has a sum of
+          // at least exp(0) = 1 (an empty one becomes inf and is never read).
+          denom[k * kBlock + c] = acc_t(1) / denom[k * kBlock + c];
+        }
+      }
+      for (int64_t n = 0; n < tokens; ++n) {
+        const int64_t k = code[n];
+        if (k < 0 || k >= parts) continue;
+        if (width == kBlock) {
+          softmax_weights_block<scalar_t, kBlock>(s + n * dim, peak.data() + k * kBlock,
+                                                  denom.data() + k * kBlock, w + n * dim, width);
+        } else {
+          softmax_weights_block<scalar_t, 0>(s + n * dim, peak.data() + k * kBlock,
+                                             denom.data() + k * kBlock, w + n * dim, width);
+        }
+      }
+    }
+  });
+}
+
+// Its backward: with w = softmax weights and g the incoming gradient of one partition and
+// channel, ds_i = w_i (g_i - sum_j w_j g_j). Pass 1 recomputes w from the saved max and sum
+// (as the forward computed it) and sums w g per partition; pass 2 writes ds.
+template <typename scalar_t>
+void softmax_backward_kernel(const scalar_t* grad, const scalar_t* scores, const int64_t* codes,
+                             const at::opmath_type<scalar_t>* stats, scalar_t* grad_scores,
+                             int64_t groups, int64_t tokens, int64_t dim, int64_t parts,
+                             std::atomic<bool>& bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t blocks = num_blocks(dim);
+  const int64_t stat_stride = groups * parts * dim;
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    // Padded channels past `width` stay 0 (max) and 1 (reciprocal), so full-width loops
+    // never see NaN there; they are never written out.
+    std::vector<acc_t> peak(parts * kBlock), inv(parts * kBlock), dot(parts * kBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / blocks, c0 = (task % blocks) * kBlock;
+      const int64_t width = std::min(kBlock, dim - c0);
+      const int64_t* code = codes + g * tokens;
+      const int64_t offset = g * tokens * dim + c0;
+      std::fill(peak.begin(), peak.end(), acc_t(0));
+      std::fill(inv.begin(), inv.end(), acc_t(1));
+      std::fill(dot.begin(), dot.end(), acc_t(0));
+      for (int64_t k = 0; k < parts; ++k) {
+        const int64_t at = (g * parts + k) * dim + c0;
+        for (int64_t c = 0; c < width; ++c) {
+          peak[k * kBlock + c] = stats[at + c];
+          inv[k * kBlock + c] = acc_t(1) / stats[stat_stride + at + c];
+        }
+      }
+      for (int64_t n = 0; n < tokens; ++n) {
+        const int64_t k = code[n];
+        if (k < 0 || k >= parts) {
+          bad.store(true);
+          continue;
+        }
+        const scalar_t* srow = scores + offset + n * dim;
+        const scalar_t* grow = grad + offset + n * dim;
+        const acc_t* m = peak.data() + k * kBlock;
+        const acc_t* r = inv.data() + k * kBlock;
+        acc_t* __restrict__ acc = dot.data() + k * kBlock;
+        const int64_t count = width == kBlock ? kBlock : width;
+        for (int64_t c = 0; c < count; ++c)
+          acc[c] += fast_exp(static_cast<acc_t>(srow[c]) - m[c]) * r[c] *
+                    static_cast<acc_t>(grow[c]);
+      }
+      for (int64_t n = 0; n < tokens; ++n) {
+        const int64_t k = code[n];
+        if (k < 0 || k >= parts) continue;
+        const scalar_t* srow = scores + offset + n * dim;
+        const scalar_t* grow = grad + offset + n * dim;
+        scalar_t* __restrict__ out = grad_scores + offset + n * dim;
+        const acc_t* m = peak.data() + k * kBlock;
+        const acc_t* r = inv.data() + k * kBlock;
+        const acc_t* acc = dot.data() + k * kBlock;
+        const int64_t count = width == kBlock ? kBlock : width;
+        for (int64_t c = 0; c < count; ++c) {
+          const acc_t wc = fast_exp(static_cast<acc_t>(srow[c]) - m[c]) * r[c];
+          out[c] = static_cast<scalar_t>(wc * (static_cast<acc_t>(grow[c]) - acc[c]));
+        }
+      }
     }
   });
 }

@@ -116,6 +116,67 @@ std::tuple<Tensor, Tensor> softmax_pool_backward_cuda(const Tensor& grad, const 
   return {grad_scores, grad_values};
 }
 
+std::tuple<Tensor, Tensor> softmax_forward_cuda(const Tensor& scores, const Tensor& codes,
+                                                int64_t parts) {
+  const at::cuda::OptionalCUDAGuard guard(scores.device());
+  alert_atomics("dualformer::partition_softmax (CUDA)");
+  const int64_t groups = scores.size(0), tokens = scores.size(1), dim = scores.size(2);
+  const auto acc_options = scores.options().dtype(acc_type_of(scores.scalar_type()));
+  // stats[0] = max (starts at -inf), stats[1] = sum of exp (starts at 0).
+  Tensor stats = at::empty({2, groups, parts, dim}, acc_options);
+  stats.select(0, 0).fill_(-std::numeric_limits<double>::infinity());
+  stats.select(0, 1).zero_();
+  Tensor weights = at::empty_like(scores);
+  const int64_t total = scores.numel(), pooled_total = groups * parts * dim;
+  if (total == 0) return {weights, stats};
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "softmax_forward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    acc_t* peak = stats.data_ptr<acc_t>();
+    cuda::segment_max_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), peak, total, tokens,
+        dim, parts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::exp_sum_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), peak,
+        peak + pooled_total, total, tokens, dim, parts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::softmax_weights_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), peak,
+        weights.data_ptr<scalar_t>(), total, pooled_total, tokens, dim, parts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {weights, stats};
+}
+
+Tensor softmax_backward_cuda(const Tensor& grad, const Tensor& scores, const Tensor& codes,
+                             const Tensor& stats) {
+  const at::cuda::OptionalCUDAGuard guard(scores.device());
+  alert_atomics("dualformer::partition_softmax_backward (CUDA)");
+  const int64_t groups = scores.size(0), tokens = scores.size(1), dim = scores.size(2);
+  const int64_t parts = stats.size(2), pooled_total = groups * parts * dim;
+  Tensor grad_scores = at::empty_like(scores);
+  const int64_t total = scores.numel();
+  if (total == 0) return grad_scores;
+  Tensor dot = at::zeros({groups, parts, dim}, stats.options());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "softmax_backward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, true>;
+    cuda::softmax_dot_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), scores.const_data_ptr<scalar_t>(),
+        codes.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(), dot.data_ptr<acc_t>(),
+        total, pooled_total, tokens, dim, parts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::softmax_grad_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), scores.const_data_ptr<scalar_t>(),
+        codes.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(),
+        dot.const_data_ptr<acc_t>(), grad_scores.data_ptr<scalar_t>(), total, pooled_total,
+        tokens, dim, parts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_scores;
+}
+
 std::tuple<Tensor, Tensor> mean_forward_cuda(const Tensor& x, const Tensor& codes, int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(x.device());
   alert_atomics("dualformer::partition_mean (CUDA)");

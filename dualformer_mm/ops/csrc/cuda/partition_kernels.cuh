@@ -131,6 +131,65 @@ __global__ void softmax_backward_kernel(const scalar_t* __restrict__ grad,
   }
 }
 
+// Per-token softmax (intra='token'): denom[p] += exp(s - max) over the partition's tokens.
+template <typename scalar_t, typename acc_t>
+__global__ void exp_sum_kernel(const scalar_t* __restrict__ scores,
+                               const int64_t* __restrict__ codes, const acc_t* __restrict__ peak,
+                               acc_t* __restrict__ denom, int64_t total, int64_t tokens,
+                               int64_t dim, int64_t parts) {
+  DUALFORMER_KERNEL_LOOP(i, total) {
+    const int64_t p = pooled_index(codes, i, tokens, dim, parts);
+    gpuAtomicAdd(denom + p, ::exp(static_cast<acc_t>(scores[i]) - peak[p]));
+  }
+}
+
+// w = exp(s - max) / sum of the token's partition and channel; stats = (max, sum).
+template <typename scalar_t, typename acc_t>
+__global__ void softmax_weights_kernel(const scalar_t* __restrict__ scores,
+                                       const int64_t* __restrict__ codes,
+                                       const acc_t* __restrict__ stats,
+                                       scalar_t* __restrict__ weights, int64_t total,
+                                       int64_t pooled_total, int64_t tokens, int64_t dim,
+                                       int64_t parts) {
+  DUALFORMER_KERNEL_LOOP(i, total) {
+    const int64_t p = pooled_index(codes, i, tokens, dim, parts);
+    weights[i] = static_cast<scalar_t>(::exp(static_cast<acc_t>(scores[i]) - stats[p]) /
+                                       stats[pooled_total + p]);
+  }
+}
+
+// Backward pass 1: dot[p] += w g, with w recomputed from the saved (max, sum).
+template <typename scalar_t, typename acc_t>
+__global__ void softmax_dot_kernel(const scalar_t* __restrict__ grad,
+                                   const scalar_t* __restrict__ scores,
+                                   const int64_t* __restrict__ codes,
+                                   const acc_t* __restrict__ stats, acc_t* __restrict__ dot,
+                                   int64_t total, int64_t pooled_total, int64_t tokens,
+                                   int64_t dim, int64_t parts) {
+  DUALFORMER_KERNEL_LOOP(i, total) {
+    const int64_t p = pooled_index(codes, i, tokens, dim, parts);
+    const acc_t w = ::exp(static_cast<acc_t>(scores[i]) - stats[p]) / stats[pooled_total + p];
+    gpuAtomicAdd(dot + p, w * static_cast<acc_t>(grad[i]));
+  }
+}
+
+// Backward pass 2: ds = w (g - dot).
+template <typename scalar_t, typename acc_t>
+__global__ void softmax_grad_kernel(const scalar_t* __restrict__ grad,
+                                    const scalar_t* __restrict__ scores,
+                                    const int64_t* __restrict__ codes,
+                                    const acc_t* __restrict__ stats,
+                                    const acc_t* __restrict__ dot,
+                                    scalar_t* __restrict__ grad_scores, int64_t total,
+                                    int64_t pooled_total, int64_t tokens, int64_t dim,
+                                    int64_t parts) {
+  DUALFORMER_KERNEL_LOOP(i, total) {
+    const int64_t p = pooled_index(codes, i, tokens, dim, parts);
+    const acc_t w = ::exp(static_cast<acc_t>(scores[i]) - stats[p]) / stats[pooled_total + p];
+    grad_scores[i] = static_cast<scalar_t>(w * (static_cast<acc_t>(grad[i]) - dot[p]));
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void segment_sum_kernel(const scalar_t* __restrict__ x,
                                    const int64_t* __restrict__ codes, acc_t* __restrict__ sums,

@@ -1,0 +1,148 @@
+"""Multi-Head Partition Attention (paper section 3.2) at module level: what each path computes.
+
+The aggregation's input (the concatenated per-token features of both paths, captured with a
+forward hook) is checked against the equations computed independently from MHPA's own
+tokens, values and partition codes, for both readings of intra-partition attention.
+"""
+import pytest
+import torch
+
+from dualformer_mm import ops
+from dualformer_mm.models.backbones.dualformer import PartitionAttention
+
+HEADS, DIMS, PARTS = 2, 32, 4
+
+
+def run_and_capture(attn: PartitionAttention, x: torch.Tensor) -> dict:
+    """Run ``attn`` on ``x``; return its tokens, values, codes and the aggregation's input,
+    per head: tokens/values (G, n, d), codes (G, n), paths (G, n, paths * d)."""
+    seen = {}
+    hooks = [
+        attn.value.register_forward_hook(
+            lambda m, args, out: seen.update(tokens=args[0], values=out)),
+        attn.aggregate.register_forward_pre_hook(lambda m, args: seen.update(paths=args[0])),
+    ]
+    try:
+        out = attn(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    batch, n, _ = seen['tokens'].shape
+    heads, d = attn.num_heads, attn.head_dims
+
+    def per_head(t):  # (B, n, heads * c) -> (B * heads, n, c)
+        return t.reshape(batch, n, heads, -1).transpose(1, 2).reshape(batch * heads, n, -1)
+
+    tokens, values = per_head(seen['tokens']), per_head(seen['values'])
+    codes = attn.partition_codes(tokens.view(batch, heads, n, d)).view(batch * heads, n)
+    return dict(out=out, tokens=tokens, values=values, codes=codes,
+                paths=per_head(seen['paths']))
+
+
+def make_attention(**kwargs) -> PartitionAttention:
+    torch.manual_seed(0)
+    return PartitionAttention(DIMS, HEADS, num_partitions=PARTS, sr_ratio=2, **kwargs).eval()
+
+
+@pytest.fixture(autouse=True, params=['reference', 'ext'])
+def backend(request):
+    with ops.use_backend(request.param):
+        yield
+
+
+def test_importance_sums_to_one_over_non_empty_partitions():
+    attn = make_attention()
+    desc = torch.randn(6, PARTS, DIMS // HEADS)
+    counts = torch.randint(0, 5, (6, PARTS))
+    counts[0] = torch.tensor([0, 7, 0, 0])  # a single non-empty partition: weight 1
+    weights = attn.partition_importance(desc, counts)
+    assert weights.shape == (6, PARTS)
+    assert (weights[counts == 0] == 0).all()
+    assert (weights[counts > 0] > 0).all()
+    non_empty = (counts > 0).any(-1)
+    torch.testing.assert_close(weights.sum(-1)[non_empty], torch.ones(int(non_empty.sum())))
+    assert weights[0].tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize('intra', ['pool', 'token'])
+def test_every_token_of_a_partition_receives_its_partition_features(intra):
+    attn = make_attention(intra=intra)
+    got = run_and_capture(attn, torch.randn(2, DIMS, 12, 10))
+    tokens, values, codes, paths = got['tokens'], got['values'], got['codes'], got['paths']
+    d = attn.head_dims
+    assert paths.shape[-1] == 2 * d
+    assert len(codes.unique()) > 1, 'the input should spread over several partitions'
+    intra_part, inter_part = paths[..., :d], paths[..., d:]
+    # Inter path: the importance-weighted mean of the partition (eqs. 8-9), the same vector
+    # for every token of the partition.
+    desc, counts = ops.partition_mean_pytorch(values, codes, PARTS)
+    weight = attn.partition_importance(desc, counts)
+    for g in range(codes.shape[0]):
+        for k in codes[g].unique().tolist():
+            members = codes[g] == k
+            want = values[g][members].mean(0) * weight[g, k]
+            torch.testing.assert_close(inter_part[g][members],
+                                       want.expand(int(members.sum()), -1))
+            w = torch.softmax(tokens[g][members], dim=0)  # per channel over the partition
+            if intra == 'pool':
+                # One proxy feature per partition (eqs. 6-7 pooled), given to all its tokens.
+                pooled = (w * values[g][members]).sum(0)
+                torch.testing.assert_close(intra_part[g][members],
+                                           pooled.expand(int(members.sum()), -1))
+            else:
+                # Each token's own transformed feature times its softmax weight.
+                torch.testing.assert_close(intra_part[g][members], w * values[g][members])
+
+
+@pytest.mark.parametrize('intra', ['pool', 'token'])
+def test_use_inter_false_removes_the_inter_path(intra):
+    attn = make_attention(intra=intra, use_inter=False)
+    assert not hasattr(attn, 'importance') and attn.aggregate.in_features == DIMS
+    got = run_and_capture(attn, torch.randn(2, DIMS, 8, 8))
+    if intra == 'pool':
+        want = ops.partition_distribute_pytorch(ops.partition_softmax_pool_pytorch(
+            got['tokens'], got['values'], got['codes'], PARTS), got['codes'])
+    else:
+        want = ops.partition_softmax_pytorch(got['tokens'], got['codes'], PARTS) * got['values']
+    torch.testing.assert_close(got['paths'], want)
+
+
+def test_use_intra_false_removes_the_intra_path():
+    attn = make_attention(use_intra=False)
+    assert attn.aggregate.in_features == DIMS
+    got = run_and_capture(attn, torch.randn(2, DIMS, 8, 8))
+    want = ops.partition_distribute_pytorch(attn.inter_features(got['values'], got['codes']),
+                                            got['codes'])
+    torch.testing.assert_close(got['paths'], want)
+    # The scores only steer the partitions: with the codes fixed, the intra path is gone, so
+    # the output cannot depend on the hashed tokens beyond their codes.
+    assert got['paths'].shape[-1] == attn.head_dims
+
+
+def test_channel_to_spatial_only_where_downsampled():
+    for k in (1, 2, 4):
+        attn = PartitionAttention(DIMS, HEADS, num_partitions=PARTS, sr_ratio=k)
+        if k == 1:
+            assert isinstance(attn.to_spatial, torch.nn.Identity)
+            assert isinstance(attn.down, torch.nn.Identity)
+        else:
+            assert attn.to_spatial.out_channels == DIMS * k * k
+        x = torch.randn(1, DIMS, 9, 11)
+        assert attn.eval()(x).shape == x.shape
+
+
+def test_k1_output_is_the_input_plus_the_aggregation():
+    torch.manual_seed(0)
+    attn = PartitionAttention(DIMS, HEADS, num_partitions=PARTS, sr_ratio=1).eval()
+    x = torch.randn(2, DIMS, 6, 7)
+    seen = {}
+    attn.aggregate.register_forward_hook(lambda m, args, out: seen.update(y=out))
+    out = attn(x)
+    # (B, n, C) tokens of the aggregation -> (B, C, h, w): no further map at k = 1.
+    y = seen['y'].transpose(1, 2).reshape(x.shape)
+    torch.testing.assert_close(out, x + y)
+
+
+def test_invalid_intra_is_named():
+    with pytest.raises(ValueError, match=r"intra must be one of \('pool', 'token'\)"):
+        PartitionAttention(DIMS, HEADS, intra='mean')

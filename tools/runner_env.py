@@ -9,11 +9,13 @@ silently.
 """
 import gc
 import os
-from typing import Any, List
+from typing import Any, List, Sequence
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
+
+from dualformer_mm.utils import DatasetNotFoundError, check_dataset_paths
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -86,6 +88,26 @@ def setup_device(cfg: Config, launcher: str) -> List[str]:
             kwargs['timeout'] = timedelta(seconds=kwargs['timeout'])
         torch_dist.init_process_group(backend='gloo', **kwargs)
     return messages
+
+
+def require_datasets(cfg: Config, dataloaders: Sequence[str]) -> None:
+    """Exit with one line and status 1 if a dataset that ``dataloaders`` read is missing.
+
+    Called before the process group and the Runner exist: nothing is built yet, so the exit
+    needs no teardown, and the user sees the missing path and the ``--cfg-options`` keys to
+    set instead of a dataset library's traceback after the model was built.
+
+    Args:
+        cfg (Config): The run's config, after ``--cfg-options``.
+        dataloaders (Sequence[str]): The dataloader keys the tool uses.
+
+    Raises:
+        SystemExit: With the message of :class:`DatasetNotFoundError`.
+    """
+    try:
+        check_dataset_paths(cfg, dataloaders)
+    except DatasetNotFoundError as error:
+        raise SystemExit(f'error: {error}') from None
 
 
 def setup_scope(cfg: Config) -> None:

@@ -20,7 +20,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from runner_env import LAUNCHERS, setup_device, setup_scope, teardown_distributed  # noqa: E402
+from runner_env import (LAUNCHERS, require_datasets, setup_device, setup_scope,  # noqa: E402
+                        teardown_distributed)
 from train import load_config  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def parse_args() -> argparse.Namespace:
 def run_test(args: argparse.Namespace) -> None:
     """Build the Runner from the config and the command line, load the checkpoint and test."""
     cfg = load_config(args.config, args.cfg_options)
+    require_datasets(cfg, ('test_dataloader', ))
     cfg.launcher = args.launcher
     setup_scope(cfg)
     messages = setup_device(cfg, args.launcher)

@@ -22,7 +22,8 @@ from mmengine.runner import Runner
 from dualformer_mm.utils import config_toolbox
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from runner_env import LAUNCHERS, setup_device, setup_scope, teardown_distributed  # noqa: E402
+from runner_env import (LAUNCHERS, require_datasets, setup_device, setup_scope,  # noqa: E402
+                        teardown_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,6 +62,7 @@ def load_config(path: str, cfg_options: dict = None) -> Config:
 def train(args: argparse.Namespace) -> None:
     """Build the Runner from the config and the command line, and train."""
     cfg = load_config(args.config, args.cfg_options)
+    require_datasets(cfg, ('train_dataloader', 'val_dataloader'))
     cfg.launcher = args.launcher
     setup_scope(cfg)
     messages = setup_device(cfg, args.launcher)

@@ -1,4 +1,5 @@
-# Reproduces Mask R-CNN + DualFormer-B on COCO 2017, 1x schedule: box AP 48.5, mask AP 43.6 (paper Table 3, recipe of section 4.2).
+# Mask R-CNN + DualFormer-B on COCO 2017, 1x schedule: the paper's recipe (section 4.2).
+# Paper's figure, not reproduced here: box AP 48.5, mask AP 43.6 (Table 3). Recipe: docs/recipes.md.
 _base_ = './mask_rcnn_dualformer_t_1x.py'
 
 model = dict(

@@ -1,4 +1,5 @@
-# Reproduces Mask R-CNN + DualFormer-B on COCO 2017, 3x schedule + multi-scale training: box AP 49.6, mask AP 44.6 (paper Table 3, section 4.2).
+# Mask R-CNN + DualFormer-B on COCO 2017, 3x schedule + MS: the paper's recipe (section 4.2).
+# Paper's figure, not reproduced here: box AP 49.6, mask AP 44.6 (Table 3). Recipe: docs/recipes.md.
 _base_ = './mask_rcnn_dualformer_t_3x.py'
 
 model = dict(

@@ -1,6 +1,8 @@
-# Reproduces Mask R-CNN + DualFormer-T on COCO 2017, 1x schedule: box AP 42.4, mask AP 39.2 (paper Table 3, recipe of section 4.2).
+# Mask R-CNN + DualFormer-T on COCO 2017, 1x schedule: the paper's recipe (section 4.2).
+# Paper's figure, not reproduced here: box AP 42.4, mask AP 39.2 (Table 3). Recipe: docs/recipes.md.
 _base_ = [
     '../_base_/models/mask_rcnn_dualformer_fpn.py',
+    # PVT's 1x data: short side 800 (long side <= 1333), random flip [choice, docs/recipes.md].
     'mmdet::_base_/datasets/coco_instance.py',
     '../_base_/schedules/coco_adamw_1x_dualformer.py',
     'mmdet::_base_/default_runtime.py',

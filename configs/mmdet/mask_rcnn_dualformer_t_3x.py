@@ -1,4 +1,5 @@
-# Reproduces Mask R-CNN + DualFormer-T on COCO 2017, 3x schedule + multi-scale training: box AP 45.1, mask AP 41.2 (paper Table 3, section 4.2).
+# Mask R-CNN + DualFormer-T on COCO 2017, 3x schedule + MS: the paper's recipe (section 4.2).
+# Paper's figure, not reproduced here: box AP 45.1, mask AP 41.2 (Table 3). Recipe: docs/recipes.md.
 _base_ = [
     '../_base_/models/mask_rcnn_dualformer_fpn.py',
     '../_base_/datasets/coco_instance_ms_3x.py',

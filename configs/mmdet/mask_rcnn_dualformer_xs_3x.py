@@ -1,4 +1,5 @@
-# Reproduces Mask R-CNN + DualFormer-XS on COCO 2017, 3x schedule + multi-scale training: box AP 47.0, mask AP 42.5 (paper Table 3, section 4.2).
+# Mask R-CNN + DualFormer-XS on COCO 2017, 3x schedule + MS: the paper's recipe (section 4.2).
+# Paper's figure, not reproduced here: box AP 47.0, mask AP 42.5 (Table 3). Recipe: docs/recipes.md.
 _base_ = './mask_rcnn_dualformer_t_3x.py'
 
 model = dict(

@@ -1,4 +1,5 @@
-# Reproduces DualFormer-B on ImageNet-1K at 224x224 (paper Table 2, recipe of section 4.1).
+# DualFormer-B on ImageNet-1K at 224x224: the paper's recipe (section 4.1).
+# Paper's figure, not reproduced here: top-1 84.8% (Table 2). Recipe: docs/recipes.md.
 _base_ = './dualformer_t_in1k.py'
 
 model = dict(backbone=dict(arch='b', drop_path_rate=0.4), head=dict(in_channels=560))

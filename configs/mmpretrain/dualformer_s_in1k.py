@@ -1,4 +1,5 @@
-# Reproduces DualFormer-S on ImageNet-1K at 224x224 (paper Table 2, recipe of section 4.1).
+# DualFormer-S on ImageNet-1K at 224x224: the paper's recipe (section 4.1).
+# Paper's figure, not reproduced here: top-1 83.5% (Table 2). Recipe: docs/recipes.md.
 _base_ = './dualformer_t_in1k.py'
 
 model = dict(backbone=dict(arch='s', drop_path_rate=0.2), head=dict(in_channels=512))

@@ -1,4 +1,5 @@
-# Reproduces DualFormer-T on ImageNet-1K at 224x224 (paper Table 2, recipe of section 4.1).
+# DualFormer-T on ImageNet-1K at 224x224: the paper's recipe (section 4.1).
+# Paper's figure, not reproduced here: top-1 78.4% (Table 2). Recipe: docs/recipes.md.
 _base_ = [
     '../_base_/models/dualformer_cls.py',
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',

@@ -1,4 +1,5 @@
-# Reproduces UperNet + DualFormer-B on ADE20K at 512x512: mIoU 50.5 (paper Table 4, recipe of section 4.3).
+# UperNet + DualFormer-B on ADE20K at 512x512: the paper's recipe (section 4.3).
+# Paper's figure, not reproduced here: mIoU 50.5 (Table 4). Recipe: docs/recipes.md.
 _base_ = './upernet_dualformer_t_ade20k.py'
 
 model = dict(

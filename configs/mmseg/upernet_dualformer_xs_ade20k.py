@@ -1,4 +1,5 @@
-# UperNet + DualFormer-XS on ADE20K at 512x512 with the recipe of section 4.3 (paper Table 4 reports only S and B).
+# UperNet + DualFormer-XS on ADE20K at 512x512: the paper's recipe (section 4.3).
+# Paper's figure, not reproduced here: none (Table 4 reports only S and B). Recipe: docs/recipes.md.
 _base_ = './upernet_dualformer_t_ade20k.py'
 
 model = dict(

@@ -1,5 +1,7 @@
-# ADE20K schedule of the paper (section 4.3, PVT's recipe): AdamW, lr 1e-4, weight decay 1e-4,
-# batch 32 (8 GPUs x 4 images), 80k iterations, poly decay (power 0.9) to 0.
+# ADE20K schedule (paper section 4.3). The paper states: PVT's recipe, AdamW, lr 1e-4, weight
+# decay 1e-4, batch 32 on 8 GPUs (here 8 GPUs x 4 images), 80k iterations. From PVT's ADE20K
+# configs [choice, docs/recipes.md]: poly decay (power 0.9) to 0 over the 80k iterations, no
+# warm-up, no gradient clipping.
 _base_ = 'mmseg::_base_/schedules/schedule_80k.py'
 
 optim_wrapper = dict(

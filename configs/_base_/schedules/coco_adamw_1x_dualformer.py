@@ -1,6 +1,7 @@
-# COCO 1x schedule of the paper (section 4.2, PVT's Mask R-CNN recipe): AdamW, lr 2e-4 and
-# weight decay 1e-4 at batch 16 (8 GPUs x 2 images), 12 epochs, 500 linear warm-up iterations,
-# lr x0.1 after epochs 8 and 11.
+# COCO 1x schedule (paper section 4.2). The paper states: PVT's recipe, batch 16 on 8 GPUs
+# (here 8 GPUs x 2 images), 12 epochs. From PVT's Mask R-CNN 1x configs, which the paper names
+# [choice, docs/recipes.md]: AdamW, lr 2e-4, weight decay 1e-4, 500 linear warm-up iterations
+# from x0.001, lr x0.1 after epochs 8 and 11, no gradient clipping.
 _base_ = 'mmdet::_base_/schedules/schedule_1x.py'
 
 optim_wrapper = dict(

@@ -3,18 +3,24 @@
 
 ``throughput.py`` (the speed comparison of the paper's Table 6, section 4.4),
 ``resolution_scaling.py`` (cost against input size, the linear-complexity claim of section
-3.2) and ``bench_ops.py`` (the fused partition ops against their reference) run as
-subprocesses at tiny settings; the tests check the JSON fields, that the numbers
-are positive and the PNGs exist, and the errors for bad requests. No timing is asserted:
-the scripts print ratios for people to read, and a shared CI machine makes any threshold
-flaky.
+3.2), ``train_step.py`` (training steps of the backbones and of their Mask R-CNNs) and
+``bench_ops.py`` (the fused partition ops against their reference) run as subprocesses at
+tiny settings; the tests check the JSON fields, that the numbers are positive and the ratios
+are to the same run's Swin-T, that the PNGs exist, and the errors for bad requests. The
+shared pieces of ``_common.py`` (where a peer comes from, mmpretrain or timm; the fp16
+GradScaler; the memory held between steps; the targets) are tested in-process. No timing is
+asserted: the scripts print ratios for people to read, and a shared CI machine makes any
+threshold flaky.
 """
+import doctest
+import importlib.util
 import json
 import math
 import os
 import os.path as osp
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -61,6 +67,10 @@ def test_throughput_writes_json_and_png(tmp_path: Path):
             assert _positive(row[key]), (row['model'], key, row[key])
         assert len(row['times_s']) == 1
     assert rows['swin-t']['ratio_to_swin_t'] == pytest.approx(1.0)
+    # Where each model came from is printed and recorded (mmpretrain here; timm without it).
+    assert '  swin-t: mmpretrain 1.2.0' in result.stdout
+    assert rows['swin-t']['implementation'] == 'mmpretrain 1.2.0'
+    assert rows['dualformer-t']['implementation'].startswith('dualformer_mm ')
     _check_environment(data['environment'])
     assert out_png.stat().st_size > 0
 
@@ -85,6 +95,7 @@ def test_resolution_scaling_writes_json_and_png(tmp_path: Path):
     first, second = rows[0], rows[1]
     assert first['time_ratio_over_pixel_ratio'] == pytest.approx(1.0)
     assert first['time_exponent'] is None and isinstance(second['time_exponent'], float)
+    assert data['targets'] == []  # defined at 800x1280, which this run did not measure
     _check_environment(data['environment'])
     assert out_png.stat().st_size > 0
 
@@ -140,3 +151,348 @@ def test_bench_ops_json_rows():
         assert r['device'] == 'cpu'
         assert _positive(r['reference_ms']) and _positive(r['ext_ms'])
         assert r['speedup'] == pytest.approx(r['reference_ms'] / r['ext_ms'])
+
+
+# --- training benchmark (train_step.py) and the shared pieces it added to _common.py -------
+
+TRAIN_STEP = 'tools/benchmarks/train_step.py'
+BENCH_DIR = osp.join(ROOT, 'tools', 'benchmarks')
+
+
+@pytest.fixture
+def bench_modules(monkeypatch):
+    """Import the scripts' modules in-process (they sit in tools/benchmarks, not a package)."""
+    monkeypatch.syspath_prepend(BENCH_DIR)
+    import _common
+    import resolution_scaling
+    import train_step
+    return _common, resolution_scaling, train_step
+
+
+def test_train_step_writes_both_parts(tmp_path: Path):
+    out_json, out_png = tmp_path / 'train.json', tmp_path / 'train.png'
+    # The default detector models (DualFormer-S and Swin-T Mask R-CNNs from their configs) at
+    # a small image with few RoIs (the mask head's cost grows with them); DualFormer-S for the
+    # backbones too, so that its targets are printed.
+    result = _run([TRAIN_STEP, '--models', 'dualformer-s', 'swin-t', '--batch', '2', '--size',
+                   '32', '--det-size', '64x96', '--det-rois', '16', '--json', str(out_json),
+                   '--png', str(out_png)] + TINY)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    out = result.stdout
+    assert 'training step at 32x32, batch 2' in out
+    assert "Mask R-CNN training iteration at 64x96 (padded to 64x96), batch 2" in out
+    assert "16 RoIs per image (not the configs' 512)" in out
+    assert 'swin-t: mmpretrain 1.2.0' in out
+    # Printed, never asserted on: the run is not at the 224x224 batch 16 setting.
+    assert ('target dualformer-s training img/s >= 1.2x swin-t' in out
+            and 'target dualformer-s peak training memory <= 1.0x swin-t' in out
+            and 'not at the target setting, 224x224 batch 16 CPU fp32' in out)
+    data = json.loads(out_json.read_text())
+    assert data['benchmark'] == 'train_step' and data['parts'] == ['backbone', 'detector']
+    _check_environment(data['environment'])
+
+    part = data['backbone']
+    assert (part['batch'], part['size'], part['num_classes']) == (2, 32, 1000)
+    rows = {r['model']: r for r in part['rows']}
+    assert list(rows) == ['dualformer-s', 'swin-t']
+    assert rows['dualformer-s']['implementation'].startswith('dualformer_mm')
+    for row in rows.values():
+        assert row['error'] is None and len(row['times_s']) == 1
+        for key in ('params_m', 'ms_per_step', 'img_per_s', 'state_mib', 'step_peak_mib'):
+            assert _positive(row[key]), (row['model'], key, row[key])
+        assert row['img_per_s'] == pytest.approx(2 / (row['ms_per_step'] / 1e3))
+        assert row['peak_mib'] == pytest.approx(row['state_mib'] + row['step_peak_mib'])
+        assert math.isfinite(row['loss']) and row['skipped_steps'] == 0
+    # The state holds AdamW's two moments besides the weights: over 3x the fp32 parameters.
+    assert rows['swin-t']['state_mib'] > 3 * rows['swin-t']['params_m'] * 1e6 * 4 / 2**20
+    dual, swin = rows['dualformer-s'], rows['swin-t']
+    assert swin['ratio_to_swin_t'] == 1.0 and swin['memory_ratio_to_swin_t'] == 1.0
+    assert dual['ratio_to_swin_t'] == pytest.approx(dual['img_per_s'] / swin['img_per_s'])
+    assert dual['memory_ratio_to_swin_t'] == pytest.approx(dual['peak_mib'] / swin['peak_mib'])
+    targets = {(t['model'], t['metric']): t for t in data['targets']}
+    assert set(targets) == {('dualformer-s', 'img_per_s'), ('dualformer-s', 'peak_mib')}
+    assert targets['dualformer-s', 'img_per_s']['min_ratio'] == 1.2
+    assert targets['dualformer-s', 'peak_mib']['max_ratio'] == 1.0
+    for t in targets.values():
+        assert t['at_target_setting'] is False
+        assert t['ratio'] == pytest.approx(t['value'] / t['reference_value'])
+
+    part = data['detector']
+    assert (part['batch'], part['height'], part['width']) == (2, 64, 96)
+    assert (part['instances_per_image'], part['rois_per_image']) == (7, 16)
+    rows = {r['model']: r for r in part['rows']}
+    assert list(rows) == ['dualformer-s', 'swin-t']
+    assert rows['dualformer-s']['config'] == 'configs/mmdet/mask_rcnn_dualformer_s_1x.py'
+    assert rows['swin-t']['config'] == 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+    for row in rows.values():
+        assert row['error'] is None and row['backbone_error'] is None
+        assert row['padded'] == [64, 96] and row['rois_per_image'] == 16
+        for key in ('params_m', 'backbone_params_m', 'ms_per_iter', 'backbone_ms',
+                    'img_per_s', 'state_mib', 'step_peak_mib'):
+            assert _positive(row[key]), (row['model'], key, row[key])
+        assert row['params_m'] > row['backbone_params_m']
+        assert row['backbone_share'] == pytest.approx(row['backbone_ms'] / row['ms_per_iter'])
+        assert math.isfinite(row['loss']) and row['loss'] > 0
+    dual, swin = rows['dualformer-s'], rows['swin-t']
+    # The backbones of the detectors are those of the backbone part.
+    assert dual['backbone_params_m'] == pytest.approx(data['backbone']['rows'][0]['params_m'])
+    assert swin['ratio_to_swin_t'] == 1.0
+    assert dual['ratio_to_swin_t'] == pytest.approx(dual['img_per_s'] / swin['img_per_s'])
+    assert out_png.stat().st_size > 0
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--parts', 'detector', '--compile'], 'argument --compile: applies to the backbone part'),
+    (['--channels-last'], 'argument --channels-last: applies to the backbone part'),
+    (['--amp'], 'argument --amp/--amp-dtype: the detector part cannot run under autocast on CPU'),
+    (['--parts', 'head'], "argument --parts: invalid choice: 'head'"),
+    (['--det-models', 'resnet-50'], "argument --det-models: invalid choice: 'resnet-50'"),
+    (['--det-size', '800'], 'argument --det-size: expected HEIGHTxWIDTH'),
+    (['--det-rois', '0'], 'argument --det-rois: must be >= 1'),
+    (['--peer-source', 'hub'], "argument --peer-source: invalid choice: 'hub'"),
+])
+def test_train_step_argument_errors(bench_modules, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_modules[2].parse_args(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_step_detector_without_mmdet_names_it(bench_modules, monkeypatch):
+    common, _, train_step = bench_modules
+    monkeypatch.setitem(sys.modules, 'mmdet', None)
+    with pytest.raises(common.BenchmarkError,
+                       match=r'the detector part needs mmdet.*--parts backbone'):
+        train_step.check_detector_requirements()
+
+
+def test_peers_without_toolboxes_or_timm_name_both(tmp_path: Path):
+    # The scripts import without mmpretrain, mmdet and timm (as on a machine with torch and
+    # this package only); a peer then needs one of its two implementations.
+    for package in ('mmpretrain', 'mmdet', 'timm'):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / '__init__.py').write_text(f"raise ImportError('no {package}')\n")
+    result = _run([THROUGHPUT, '--models', 'dualformer-t', 'swin-t'] + TINY,
+                  PYTHONPATH=str(tmp_path))
+    assert result.returncode == 2
+    assert "model 'swin-t' needs the mmpretrain package or timm" in result.stderr
+    assert 'pip install mmpretrain==1.2.0' in result.stderr and 'pip install timm' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+class _FakeTimmFeatures(torch.nn.Module):
+    """Stands in for timm's features_only Swin: four (N, H, W, C) maps."""
+
+    class _Info:
+        def channels(self):
+            return [8, 16, 32, 64]
+
+    def __init__(self):
+        super().__init__()
+        self.feature_info = self._Info()
+        self.proj = torch.nn.Conv2d(3, 8, 4, stride=4)
+
+    def forward(self, x):
+        x = self.proj(x)
+        outs = []
+        for c in self.feature_info.channels():
+            outs.append(x.repeat(1, c // 8, 1, 1).permute(0, 2, 3, 1) * 3 + 1)
+            x = x[:, :, ::2, ::2]
+        return outs
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    """A timm module recording its create_model calls."""
+    calls = []
+    module = types.ModuleType('timm')
+    module.__version__ = '9.9.9'
+
+    def create_model(name, **kwargs):
+        calls.append((name, kwargs))
+        return _FakeTimmFeatures()
+
+    module.create_model = create_model
+    monkeypatch.setitem(sys.modules, 'timm', module)
+    return calls
+
+
+def _hide_mmpretrain(monkeypatch):
+    # None in sys.modules makes `import mmpretrain.models` raise ImportError, even in a
+    # process that imported it already.
+    for name in ('mmpretrain', 'mmpretrain.models', 'mmpretrain.registry'):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_peer_source_selection(bench_modules, monkeypatch, fake_timm):
+    common = bench_modules[0]
+    # With mmpretrain importable, auto takes it and timm only when asked for.
+    assert common.resolve_source('swin-t').package == 'mmpretrain'
+    assert common.resolve_source('convnext-t', 'toolbox').package == 'mmpretrain'
+    forced = common.resolve_source('swin-t', 'timm')
+    assert (forced.package, forced.version) == ('timm', '9.9.9')
+    # DualFormer (like PVTv2) has one implementation, whatever the peer source.
+    assert common.resolve_source('dualformer-t', 'timm').package == 'dualformer_mm'
+
+    _hide_mmpretrain(monkeypatch)
+    source = common.resolve_source('swin-t')
+    assert source.package == 'timm' and 'mmpretrain cannot be imported' in source.describe()
+    with pytest.raises(common.BenchmarkError, match="'swin-t' needs the mmpretrain package,"):
+        common.resolve_source('swin-t', 'toolbox')
+    monkeypatch.setitem(sys.modules, 'timm', None)
+    with pytest.raises(common.BenchmarkError, match='needs the mmpretrain package or timm'):
+        common.resolve_source('convnext-t')
+    with pytest.raises(common.BenchmarkError, match='--peer-source timm'):
+        common.resolve_source('convnext-t', 'timm')
+
+
+def test_timm_swin_is_built_as_the_toolbox_contract(bench_modules, monkeypatch, fake_timm):
+    common = bench_modules[0]
+    _hide_mmpretrain(monkeypatch)
+    model = common.build_model('swin-t', image_size=(62, 64))
+    # Built for the run's size, padded up to the patch size as mmpretrain's Swin pads.
+    assert fake_timm == [('swin_tiny_patch4_window7_224',
+                          dict(pretrained=False, features_only=True, out_indices=(0, 1, 2, 3),
+                               img_size=(64, 64)))]
+    assert not model.training
+    outs = model(torch.rand(2, 3, 62, 64))
+    assert [tuple(o.shape) for o in outs] == [(2, 8, 16, 16), (2, 16, 8, 8), (2, 32, 4, 4),
+                                              (2, 64, 2, 2)]
+    for out in outs:
+        # (N, C, H, W), contiguous, each through a LayerNorm over C (what timm lacks).
+        assert out.is_contiguous()
+        assert torch.allclose(out.mean(1), torch.zeros(()), atol=1e-5)
+    common.build_model('swin-t')
+    assert fake_timm[1][1]['strict_img_size'] is False and 'img_size' not in fake_timm[1][1]
+
+
+def test_timm_fallback_in_fp16_training_benchmark(bench_modules, monkeypatch, fake_timm,
+                                                  capsys):
+    # The GPU check's path (timm peers, fp16 autocast with a GradScaler), on CPU.
+    common, _, train_step = bench_modules
+    _hide_mmpretrain(monkeypatch)
+    rows = train_step.measure_backbones(['swin-t'], batch=2, size=32,
+                                        settings=_settings(common, 'cpu', 'fp16'))
+    assert 'swin-t: timm 9.9.9 (mmpretrain cannot be imported' in capsys.readouterr().out
+    (row, ) = rows
+    assert row['implementation'].startswith('timm 9.9.9') and row['error'] is None
+    assert row['ratio_to_swin_t'] == 1.0 and _positive(row['peak_mib'])
+    assert math.isfinite(row['loss']) and row['skipped_steps'] == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec('timm') is None, reason='timm is not installed')
+def test_real_timm_peers_match_mmpretrain(bench_modules):
+    common = bench_modules[0]
+    x = torch.rand(1, 3, 64, 96)
+    for name in ('swin-t', 'convnext-t'):
+        timm_model = common.build_model(name, common.resolve_source(name, 'timm'))
+        mm_model = common.build_model(name, common.resolve_source(name, 'toolbox'))
+        assert [o.shape for o in timm_model(x)] == [o.shape for o in mm_model(x)]
+        assert common.count_params(timm_model) == pytest.approx(
+            common.count_params(mm_model), rel=0.01)
+
+
+def _settings(common, device='cpu', amp_dtype=None):
+    return common.Settings(device=device, threads=1, amp=amp_dtype is not None,
+                           amp_dtype=amp_dtype, channels_last=False, compile=False, warmup=0,
+                           repeat=1, iters=1)
+
+
+def test_grad_scaler_only_for_fp16(bench_modules):
+    common = bench_modules[0]
+    assert common.needs_grad_scaler(_settings(common, 'cuda', 'fp16'))
+    assert common.needs_grad_scaler(_settings(common, 'cpu', 'fp16'))
+    assert not common.needs_grad_scaler(_settings(common, 'cuda', 'bf16'))
+    assert not common.needs_grad_scaler(_settings(common, 'cuda'))
+    net = torch.nn.Linear(4, 3)
+    step = common.TrainStep(lambda: net(torch.ones(2, 4)).sum(),
+                            torch.optim.AdamW(net.parameters()), _settings(common, 'cpu', 'bf16'))
+    assert step.scaler is None and step.settle() == 0 and step.skipped_steps() == 0
+
+
+def test_fp16_train_step_settles_and_counts_skips(bench_modules):
+    common = bench_modules[0]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    x, scale = torch.randn(4, 8), {'loss': 1.0}
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1)
+    step = common.TrainStep(lambda: net(x).float().square().mean() * scale['loss'], optimizer,
+                            _settings(common, 'cpu', 'fp16'))
+    assert isinstance(step.scaler, torch.amp.GradScaler)
+    # 2**16 times a loss of 2**10 overflows fp16 (max 65504): the scaler halves its scale
+    # until it does not, skipping those steps, and then takes a real one.
+    scale['loss'] = 2.0**10
+    weight = net[0].weight.detach().clone()
+    ran = step.settle()
+    assert ran > 1 and step.scaler.get_scale() < common.GRAD_SCALER_INIT
+    assert step.skipped_steps() == 0 and not torch.equal(weight, net[0].weight)
+    assert all(p.grad is None for p in net.parameters())  # zero_grad(set_to_none=True)
+    # An overflow after settling is a skipped step: weights unchanged, and counted.
+    scale['loss'] = math.inf
+    weight = net[0].weight.detach().clone()
+    step()
+    assert step.skipped_steps() == 1 and torch.equal(weight, net[0].weight)
+
+
+def test_memory_state_counts_each_storage_once(bench_modules):
+    common = bench_modules[0]
+    net = torch.nn.Linear(256, 1024)  # 1 MiB of weight, 4 KiB of bias
+    optimizer = torch.optim.AdamW(net.parameters())
+    before = common.state_mib(common.training_state(net, optimizer))
+    net(torch.ones(1, 256)).sum().backward()
+    optimizer.step()
+    after = common.state_mib(common.training_state(net, optimizer, [net.weight]))
+    assert before == pytest.approx((256 * 1024 + 1024) * 4 / 2**20)
+    # Two AdamW moments per parameter (and a step counter each); the weight counted once.
+    assert after == pytest.approx(3 * before, rel=0.01)
+
+
+def test_resolution_scaling_target_is_at_800x1280(bench_modules):
+    common, scaling, _ = bench_modules
+    rows = [dict(model='dualformer-s', height=800, width=1280, ms=69.0, error=None),
+            dict(model='swin-t', height=800, width=1280, ms=100.0, error=None),
+            dict(model='dualformer-s', height=224, width=224, ms=200.0, error=None),
+            dict(model='swin-t', height=224, width=224, ms=100.0, error=None)]
+    (target, ) = scaling.check_targets(rows, batch=1, settings=_settings(common))
+    assert (target['max_ratio'], target['ratio'], target['met']) == (0.7, 0.69, True)
+    assert target['at_target_setting'] is True
+    rows[0]['ms'] = 71.0
+    (target, ) = scaling.check_targets(rows, batch=2, settings=_settings(common))
+    assert target['met'] is False and target['at_target_setting'] is False
+    assert common.format_target(target, scaling.TARGET_SETTING_TEXT) == (
+        'target dualformer-s forward time at 800x1280 <= 0.7x swin-t: 0.71x, NOT met (this '
+        'run is not at the target setting, batch 1 CPU fp32)')
+    assert scaling.check_targets(rows[2:], batch=1, settings=_settings(common)) == []
+
+
+def test_docstring_examples(bench_modules):
+    common, _, train_step = bench_modules
+    for module in (common, train_step):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_train_step_defaults_match_the_docs(bench_modules, monkeypatch):
+    # docs/benchmarks.md (Training) states these defaults; the configs' own values with them.
+    from mmengine.config import Config
+    _, _, train_step = bench_modules
+    monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)  # parse_args applies it
+    args = train_step.parse_args([])
+    assert args.parts == ['backbone', 'detector'] and args.models == list(train_step.MODEL_ZOO)
+    assert (args.batch, args.size, args.settings.warmup, args.settings.repeat) == (16, 224, 1, 3)
+    assert not args.settings.amp and args.settings.peer_source == 'auto'
+    assert args.det_models == ['dualformer-s', 'swin-t'] and args.det_rois is None
+    assert (args.det_batch, args.det_size) == (2, (800, 1333))
+    assert train_step.INSTANCES_PER_IMAGE == 7 and train_step.NUM_CLASSES == 1000
+    targets = {(t.model, t.metric): (t.comparison, t.bound) for t in train_step.TARGETS}
+    assert targets == {('dualformer-xs', 'img_per_s'): ('>=', 2.0),
+                       ('dualformer-s', 'img_per_s'): ('>=', 1.2),
+                       ('dualformer-s', 'peak_mib'): ('<=', 1.0)}
+    assert train_step.TARGET_SETTING == dict(size=224, batch=16, device='cpu', amp=False)
+    for name in args.det_models:
+        cfg = Config.fromfile(train_step.config_path(name))
+        sampler = cfg.model.train_cfg.rcnn.sampler
+        assert (sampler.num, sampler.pos_fraction) == (512, 0.25)
+        assert cfg.model.data_preprocessor.pad_size_divisor == 32
+        assert cfg.model.roi_head.mask_head.num_convs == 4
+        assert cfg.optim_wrapper.optimizer.type == 'AdamW'

@@ -22,7 +22,11 @@ between the large sizes.
 
 Swin-T is built with ``pad_small_map=True`` (as mmdet's configs do), without which
 mmpretrain's Swin only takes inputs whose feature maps tile into its 7x7 windows. mmdet's
-PVTv2 and DualFormer take any size.
+PVTv2 and DualFormer take any size. Where mmpretrain does not import, Swin-T and ConvNeXt-T
+come from timm (``--peer-source``, printed), whose Swin pads to its windows.
+
+The project's target, at 800x1280, batch 1, on CPU in fp32: DualFormer-S's forward takes at
+most 0.7x Swin-T's time. The script prints it when both models ran at that size.
 
 Example:
     python tools/benchmarks/resolution_scaling.py               # defaults, minutes on CPU
@@ -33,28 +37,18 @@ Example:
 """
 import argparse
 import math
-import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import _common as common  # noqa: I100  (sits next to this script)
-from _common import REFERENCE_MODEL, Settings
+from _common import REFERENCE_MODEL, Settings, Target, parse_size
 
 DEFAULT_MODELS = ['dualformer-s', 'swin-t', 'pvtv2-b2']
 DEFAULT_SIZES = ['224x224', '512x512', '800x1280', '1024x2048']
-MIN_SIDE = 32  # one pixel of the stride-32 stage
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """Parse ``HEIGHTxWIDTH`` (e.g. ``800x1280``) for argparse."""
-    match = re.fullmatch(r'\s*(\d+)\s*[xX]\s*(\d+)\s*', text)
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f'expected HEIGHTxWIDTH such as 800x1280, got {text!r}')
-    height, width = int(match.group(1)), int(match.group(2))
-    if min(height, width) < MIN_SIDE:
-        raise argparse.ArgumentTypeError(
-            f'each side must be at least {MIN_SIDE} pixels, got {text!r}')
-    return height, width
+# Maximum forward-time ratio to Swin-T, at the size, batch and device it is defined at.
+TARGETS = (Target('dualformer-s', 'ms', '<=', 0.7, 'forward time at 800x1280'),)
+TARGET_SIZE = (800, 1280)
+TARGET_SETTING = dict(batch=1, device='cpu', amp=False)
+TARGET_SETTING_TEXT = 'batch 1 CPU fp32'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -98,12 +92,13 @@ def measure(names: Sequence[str], sizes: Sequence[Tuple[int, int]], batch: int,
 
     Returns:
         List[Dict[str, Any]]: One row per model and size, by model then size: ``model``,
-        ``params_m``, ``height``, ``width``, ``pixels``, ``batch``, ``ms`` (median),
-        ``peak_mib``, ``ms_ratio_to_swin_t``, ``time_ratio_over_pixel_ratio``,
-        ``time_exponent``, ``memory_ratio_over_pixel_ratio``, ``memory_exponent``,
-        ``times_s`` and ``error`` (None unless the forward failed, e.g. out of memory).
+        ``implementation`` (package and version), ``params_m``, ``height``, ``width``,
+        ``pixels``, ``batch``, ``ms`` (median), ``peak_mib``, ``ms_ratio_to_swin_t``,
+        ``time_ratio_over_pixel_ratio``, ``time_exponent``, ``memory_ratio_over_pixel_ratio``,
+        ``memory_exponent``, ``times_s`` and ``error`` (None unless the forward failed,
+        e.g. out of memory).
     """
-    models, params = common.build_all(names, settings)
+    models, params, sources = common.build_all(names, settings)
     results: Dict[Tuple[str, Tuple[int, int]], Dict[str, Any]] = {}
     for height, width in sizes:
         print(f'  {height}x{width} ...', flush=True)
@@ -114,7 +109,8 @@ def measure(names: Sequence[str], sizes: Sequence[Tuple[int, int]], batch: int,
         for name in models:
             ms = common.median(times[name]) * 1e3 if name in times else math.nan
             results[name, (height, width)] = dict(
-                model=name, params_m=params[name] / 1e6, height=height, width=width,
+                model=name, implementation=sources[name].describe(),
+                params_m=params[name] / 1e6, height=height, width=width,
                 pixels=height * width, batch=batch, ms=ms, peak_mib=peaks[name],
                 times_s=times.get(name, []), error=errors.get(name))
         del x, fns
@@ -136,6 +132,26 @@ def measure(names: Sequence[str], sizes: Sequence[Tuple[int, int]], batch: int,
     return rows
 
 
+def check_targets(rows: List[Dict[str, Any]], batch: int,
+                  settings: Settings) -> List[Dict[str, Any]]:
+    """The project's 800x1280 target, when this run measured that size.
+
+    Args:
+        rows (List[Dict]): Output of :func:`measure`.
+        batch (int): Batch of the run.
+        settings (Settings): Run options.
+
+    Returns:
+        List[Dict[str, Any]]: See :func:`_common.evaluate_targets` (``max_ratio``, ``ratio``
+        of the forward times, ``met``, ``at_target_setting``: batch 1, CPU, fp32).
+    """
+    at_size = [r for r in rows if (r['height'], r['width']) == TARGET_SIZE]
+    at_setting = (batch == TARGET_SETTING['batch']
+                  and settings.device == TARGET_SETTING['device']
+                  and settings.amp == TARGET_SETTING['amp'])
+    return common.evaluate_targets(at_size, TARGETS, at_setting)
+
+
 def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
     """Format a number, or '-' when it is missing."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -143,8 +159,9 @@ def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
     return f'{value:{spec}}{suffix}'
 
 
-def print_table(rows: List[Dict[str, Any]], header: str) -> None:
-    """Print the results as an aligned table, one block per model."""
+def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
+                header: str) -> None:
+    """Print the results as an aligned table, one block per model, then the targets."""
     print(header)
     print(f'{"model":<14}{"size":>11}{"Mpixels":>9}{"ms":>10}{"peak MiB":>10}'
           f'{"x " + REFERENCE_MODEL:>9}{"t/px":>7}{"exp":>6}')
@@ -163,6 +180,8 @@ def print_table(rows: List[Dict[str, Any]], header: str) -> None:
               f'{_fmt(r["time_exponent"], ".2f"):>6}')
     print('t/px: time ratio over pixel ratio from the smallest size (1 = linear); '
           'exp: log-log slope of time against pixels')
+    for t in targets:
+        print(common.format_target(t, TARGET_SETTING_TEXT))
 
 
 def plot(rows: List[Dict[str, Any]], path: str, title: str) -> None:
@@ -212,10 +231,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'interleaved rounds; {common.describe_settings(settings)}')
     print(f'building {", ".join(names)} ...', flush=True)
     rows = measure(names, args.sizes, args.batch, settings)
-    print_table(rows, header)
+    targets = check_targets(rows, args.batch, settings)
+    print_table(rows, targets, header)
     common.write_outputs(
         args, dict(benchmark='resolution_scaling', batch=args.batch,
-                   sizes=[f'{h}x{w}' for h, w in args.sizes], rows=rows,
+                   sizes=[f'{h}x{w}' for h, w in args.sizes], rows=rows, targets=targets,
                    environment=common.describe_environment(settings)),
         lambda path: plot(rows, path, f'Backbone cost against input size, batch {args.batch}; '
                           f'{common.describe_settings(settings)}'))

@@ -11,7 +11,9 @@ under ``torch.inference_mode()`` unless ``--amp``/``--channels-last``/``--compil
 otherwise. After ``--warmup`` forwards per model, ``--repeat`` rounds (default 5) run every
 model once in turn, and the median round gives images/s. Models are backbones only (four
 stage outputs with their norms, no head; see ``_common.py``): close to a classifier's speed
-but not the same, comparable between models here, not with the paper's V100 figures.
+but not the same, comparable between models here, not with the paper's V100 figures. Swin-T
+and ConvNeXt-T come from mmpretrain, or from timm where mmpretrain does not import
+(``--peer-source``); the script prints which. Training speed is ``train_step.py``'s.
 
 The project's targets, at 224x224, batch 32, on CPU in fp32: DualFormer-XS at least 1.5x
 and DualFormer-S at least 1.1x the throughput of Swin-T. The script prints the ratio to
@@ -28,12 +30,14 @@ import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import _common as common  # noqa: I100  (sits next to this script)
-from _common import MODEL_ZOO, REFERENCE_MODEL, Settings
+from _common import MODEL_ZOO, REFERENCE_MODEL, Settings, Target
 
 DEFAULT_MODELS = list(MODEL_ZOO)
-# (model, minimum throughput ratio to Swin-T) and the setting the targets are defined at.
-TARGETS = (('dualformer-xs', 1.5), ('dualformer-s', 1.1))
+# Minimum throughput ratios to Swin-T, and the setting the targets are defined at.
+TARGETS = (Target('dualformer-xs', 'img_per_s', '>=', 1.5),
+           Target('dualformer-s', 'img_per_s', '>=', 1.1))
 TARGET_SETTING = dict(size=224, batch=32, device='cpu', amp=False)
+TARGET_SETTING_TEXT = '224x224 batch 32 CPU fp32'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -63,26 +67,23 @@ def measure(names: Sequence[str], batch: int, size: int, settings: Settings
         settings (Settings): Run options.
 
     Returns:
-        List[Dict[str, Any]]: One row per model: ``model``, ``params_m``, ``batch``,
-        ``size``, ``ms_per_batch`` (median), ``img_per_s``, ``ratio_to_swin_t`` (None
-        without Swin-T), ``times_s`` (every sample) and ``error`` (None unless it failed).
+        List[Dict[str, Any]]: One row per model: ``model``, ``implementation`` (package and
+        version), ``params_m``, ``batch``, ``size``, ``ms_per_batch`` (median),
+        ``img_per_s``, ``ratio_to_swin_t`` (None without Swin-T), ``times_s`` (every
+        sample) and ``error`` (None unless it failed).
     """
-    models, params = common.build_all(names, settings)
+    models, params, sources = common.build_all(names, settings, image_size=(size, size))
     x = common.make_input(batch, size, size, settings)
     fns = {name: common.forward_fn(model, x, settings) for name, model in models.items()}
     times, errors = common.time_interleaved(fns, settings)
     rows = []
     for name in models:
         seconds = common.median(times[name]) if name in times else math.nan
-        rows.append(dict(model=name, params_m=params[name] / 1e6, batch=batch, size=size,
+        rows.append(dict(model=name, implementation=sources[name].describe(),
+                         params_m=params[name] / 1e6, batch=batch, size=size,
                          ms_per_batch=seconds * 1e3, img_per_s=batch / seconds,
-                         ratio_to_swin_t=None, times_s=times.get(name, []),
-                         error=errors.get(name)))
-    reference = next((r for r in rows if r['model'] == REFERENCE_MODEL and not r['error']),
-                     None)
-    if reference:
-        for row in rows:
-            row['ratio_to_swin_t'] = row['img_per_s'] / reference['img_per_s']
+                         times_s=times.get(name, []), error=errors.get(name)))
+    common.add_ratio(rows, 'img_per_s', 'ratio_to_swin_t')
     return rows
 
 
@@ -97,22 +98,14 @@ def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
         settings (Settings): Run options.
 
     Returns:
-        List[Dict[str, Any]]: ``model``, ``reference``, ``min_ratio``, ``ratio``, ``met``,
-        and ``at_target_setting`` (False when the run differs from 224x224 batch 32 CPU
-        fp32, where the targets are defined).
+        List[Dict[str, Any]]: See :func:`_common.evaluate_targets`: ``model``,
+        ``reference``, ``min_ratio``, ``ratio``, ``met``, and ``at_target_setting`` (False
+        when the run differs from 224x224 batch 32 CPU fp32, where the targets are defined).
     """
-    by_name = {r['model']: r for r in rows if not r['error']}
     at_setting = (size == TARGET_SETTING['size'] and batch == TARGET_SETTING['batch']
                   and settings.device == TARGET_SETTING['device']
                   and settings.amp == TARGET_SETTING['amp'])
-    results = []
-    for model, min_ratio in TARGETS:
-        if model in by_name and by_name[model]['ratio_to_swin_t'] is not None:
-            ratio = by_name[model]['ratio_to_swin_t']
-            results.append(dict(model=model, reference=REFERENCE_MODEL, min_ratio=min_ratio,
-                                ratio=ratio, met=ratio >= min_ratio,
-                                at_target_setting=at_setting))
-    return results
+    return common.evaluate_targets(rows, TARGETS, at_setting)
 
 
 def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
@@ -129,10 +122,7 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
         print(f'{r["model"]:<15}{r["params_m"]:>11.1f}{r["ms_per_batch"]:>11.1f}'
               f'{r["img_per_s"]:>10.1f}{ratio:>10}')
     for t in targets:
-        where = '' if t['at_target_setting'] else (
-            ' (this run is not at the target setting, 224x224 batch 32 CPU fp32)')
-        print(f'target {t["model"]} >= {t["min_ratio"]}x {t["reference"]}: '
-              f'{t["ratio"]:.2f}x, {"met" if t["met"] else "NOT met"}{where}')
+        print(common.format_target(t, TARGET_SETTING_TEXT))
 
 
 def plot(rows: List[Dict[str, Any]], path: str, title: str) -> None:

@@ -1,0 +1,600 @@
+#!/usr/bin/env python
+# Copyright (c) dualformer-mm contributors.
+"""Training speed and memory of DualFormer and its peers: backbone steps and Mask R-CNN.
+
+The paper's Table 6 (section 4.4 of "DualFormer: Dual Path Transformer with Partition
+Attention") compares inference speed; users pay for training too. This script times full
+training steps (forward, backward, optimizer step) side by side, every model once per round
+in turn after warm-up, as ``throughput.py`` does for inference (see ``_common.py``), in two
+parts (``--parts``, both by default):
+
+* ``backbone``: every model of ``--models`` with a linear classification head (global
+  average pool of the last stage's output, ``nn.Linear(C, 1000)``), in train mode (BatchNorm
+  and LayerNorm layers as the models have them, stochastic depth on), cross-entropy against
+  random labels, AdamW (lr 1e-3, weight decay 0.05), gradients set to None after each step.
+  All models get the same batch (``--batch`` 16 of ``--size`` 224 by default). It reports the
+  median step time over ``--repeat`` rounds (3 by default), images/s and the ratio to Swin-T's,
+  and the peak memory of a step and its ratio to Swin-T's.
+* ``detector``: a Mask R-CNN training iteration of each model of ``--det-models``, built from
+  the configs users train: ``configs/mmdet/mask_rcnn_dualformer_s_1x.py`` (SyncBN reverted to
+  BatchNorm, as the Runner does outside distributed runs) and mmdet's
+  ``swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``, weights initialised by ``init_weights``
+  with no checkpoint. The batch is generated COCO-style data (``--det-batch`` 2 images of
+  ``--det-size`` 800x1333, 7 boxes with masks per image, COCO's average); an iteration is what
+  mmengine's ``train_step`` does: data preprocessor (normalise, pad to a multiple of 32), the
+  loss forward, backward and the config's AdamW step. It reports time per iteration, images/s,
+  the ratio to Swin-T, peak memory, and the backbone's share: the forward and backward of the
+  backbone alone on the same padded batch, timed in the same rounds, over the iteration time.
+  On a CPU the RPN and RoI heads take most of an iteration, so a faster backbone is worth
+  less to a detection user than the backbone table suggests; the share says how much less.
+
+Peak memory (``peak MiB``) is what a training process holds at the step's peak: the state
+kept between steps (weights, buffers, AdamW's two moments; for the backbones also the batch,
+while the detectors' preprocessor makes theirs inside the iteration) plus the most the step
+allocates on top (activations, gradients, temporaries; see ``_common.peak_memory_mib`` for
+exactly what is counted, on CPU and on CUDA). ``--det-rois`` lowers the RoIs the box and mask
+heads train on (512 per image in the configs) for quick checks of the script only.
+
+``--amp`` runs the forward and the loss under ``torch.autocast`` (bf16 on CPU, fp16 on CUDA
+by default, ``--amp-dtype`` to choose). fp16 scales the loss with a ``torch.amp.GradScaler``;
+the steps it skips while it finds its scale, as a training run does at its start, run before
+the warm-up, untimed (a skip after that is printed as a warning). bf16 needs no scaling.
+On CPU the detector part runs in fp32 only: mmcv's CPU ops (the RPN's nms) reject bf16.
+Swin-T and ConvNeXt-T of the backbone part come from mmpretrain, or from timm where
+mmpretrain does not import (``--peer-source``); the Mask R-CNNs need mmdet.
+
+The project's targets, on CPU in fp32 at 224x224, batch 16: DualFormer-XS at least 2.0x and
+DualFormer-S at least 1.2x Swin-T's training images/s, and DualFormer-S's peak training memory
+at most Swin-T's. The script prints them when the models were measured.
+
+Example:
+    python tools/benchmarks/train_step.py --threads 2        # both parts, the defaults
+    python tools/benchmarks/train_step.py --parts backbone --models dualformer-xs \\
+        dualformer-s swin-t --json work_dirs/train.json --png work_dirs/train.png
+    python tools/benchmarks/train_step.py --device cuda --amp --batch 128 --det-batch 2
+"""
+import argparse
+import math
+import os.path as osp
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import _common as common  # noqa: I100  (sits next to this script)
+from _common import MODEL_ZOO, REFERENCE_MODEL, Settings, Target, parse_size
+
+PARTS = ('backbone', 'detector')
+DEFAULT_MODELS = list(MODEL_ZOO)
+NUM_CLASSES = 1000  # ImageNet-1K, the classification head of the backbone part
+LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW of the backbone part (the value does not change speed)
+DET_CONFIGS = {
+    **{f'dualformer-{size}': osp.join(common.ROOT, 'configs', 'mmdet',
+                                      f'mask_rcnn_dualformer_{size}_1x.py')
+       for size in ('t', 'xs', 's', 'b')},
+    'swin-t': 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+}
+DEFAULT_DET_MODELS = ['dualformer-s', 'swin-t']
+INSTANCES_PER_IMAGE = 7  # COCO train2017: 860k annotated instances over 118k images
+# Training images/s and peak memory against Swin-T, and the setting they are defined at.
+TARGETS = (Target('dualformer-xs', 'img_per_s', '>=', 2.0, 'training img/s'),
+           Target('dualformer-s', 'img_per_s', '>=', 1.2, 'training img/s'),
+           Target('dualformer-s', 'peak_mib', '<=', 1.0, 'peak training memory'))
+TARGET_SETTING = dict(size=224, batch=16, device='cpu', amp=False)
+TARGET_SETTING_TEXT = '224x224 batch 16 CPU fp32'
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command line of the script; returns the namespace with ``settings`` added."""
+    parser = argparse.ArgumentParser(
+        description='Training step time and peak memory of DualFormer and peer backbones '
+        '(linear head) and of their Mask R-CNNs.')
+    parser.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
+                        help='what to measure: backbone (classification training step) and/or '
+                        'detector (Mask R-CNN iteration) (default: both)')
+    common.add_model_arg(parser, DEFAULT_MODELS)
+    parser.add_argument('--batch', type=common.positive_int(1), default=16,
+                        help='images per backbone step (default: %(default)s)')
+    parser.add_argument('--size', type=common.positive_int(common.MIN_SIDE), default=224,
+                        help='square input side of the backbone part (default: %(default)s)')
+    parser.add_argument('--det-models', nargs='+', choices=list(DET_CONFIGS),
+                        default=DEFAULT_DET_MODELS, metavar='MODEL',
+                        help=f'Mask R-CNN backbones, from: {", ".join(DET_CONFIGS)} '
+                        f'(default: {" ".join(DEFAULT_DET_MODELS)})')
+    parser.add_argument('--det-batch', type=common.positive_int(1), default=2,
+                        help='images per Mask R-CNN iteration, as per GPU in the configs '
+                        '(default: %(default)s)')
+    parser.add_argument('--det-size', type=parse_size, default=(800, 1333), metavar='HxW',
+                        help='Mask R-CNN image size, HEIGHTxWIDTH (default: 800x1333, the '
+                        "configs' training scale)")
+    parser.add_argument('--det-rois', type=common.positive_int(1), default=None, metavar='N',
+                        help="RoIs sampled per image for the box and mask heads (default: the "
+                        "configs' 512); the RoI heads' cost grows with it, so lower it only "
+                        'for quick checks of the script')
+    common.add_common_args(parser, warmup=1, repeat=3)
+    args = parser.parse_args(argv)
+    args.parts = list(dict.fromkeys(args.parts))
+    if 'detector' in args.parts:
+        for flag in ('compile', 'channels_last'):
+            if getattr(args, flag):
+                # The detectors run as their configs build them; the backbone part can show
+                # what these options are worth.
+                parser.error(f'argument --{flag.replace("_", "-")}: applies to the backbone '
+                             'part only; add --parts backbone')
+        if args.device == 'cpu' and (args.amp or args.amp_dtype):
+            parser.error('argument --amp/--amp-dtype: the detector part cannot run under '
+                         "autocast on CPU, where mmcv's ops (the RPN's nms) take float32 only "
+                         '("expected scalar type Float but found BFloat16"); add --parts '
+                         'backbone, or use --device cuda')
+    args.settings = common.settings_from_args(parser, args)
+    return args
+
+
+class LinearClassifier(nn.Module):
+    """A backbone with a global-average-pool + linear head on its last output.
+
+    Args:
+        backbone (nn.Module): Returns a tuple of (N, C, H, W) maps, the last one used.
+        channels (int): C of the last map.
+        num_classes (int): Outputs of the head. Defaults to 1000.
+
+    Example:
+        >>> import _common
+        >>> net = LinearClassifier(_common.build_model('dualformer-t'), 320)
+        >>> net(torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2, 1000])
+    """
+
+    def __init__(self, backbone: nn.Module, channels: int,
+                 num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)[-1].mean((2, 3)))
+
+
+def _last_channels(backbone: nn.Module, image: torch.Tensor) -> int:
+    """Channels of the backbone's last output, from one eval forward of one image."""
+    backbone.eval()
+    with torch.inference_mode():
+        return backbone(image)[-1].shape[1]
+
+
+def _loss_fn(model: nn.Module, x: torch.Tensor,
+             labels: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Forward and cross-entropy of the backbone part."""
+    return lambda: F.cross_entropy(model(x), labels)
+
+
+def settle_all(steps: Dict[str, common.TrainStep]) -> None:
+    """Let every fp16 GradScaler find its scale before timing (see ``TrainStep.settle``)."""
+    for step in steps.values():
+        try:
+            step.settle()
+        except (RuntimeError, MemoryError):
+            pass  # the timing meets the same error and reports it for this model
+
+
+def _finish_row(row: Dict[str, Any], step: common.TrainStep, seconds: float, images: int,
+                state: float, step_peak: float) -> None:
+    """Fill in the timing, memory and loss fields shared by both parts."""
+    row.update(img_per_s=images / seconds, state_mib=state, step_peak_mib=step_peak,
+               peak_mib=state + step_peak, skipped_steps=step.skipped_steps())
+    row['loss'] = step.last_loss_value() if not row['error'] else None
+
+
+def measure_backbones(names: Sequence[str], batch: int, size: int,
+                      settings: Settings) -> List[Dict[str, Any]]:
+    """Training step time and peak memory of every backbone with a linear head.
+
+    Args:
+        names (Sequence[str]): Keys of :data:`_common.MODEL_ZOO`.
+        batch (int): Images per step.
+        size (int): Square input side.
+        settings (Settings): Run options.
+
+    Returns:
+        List[Dict[str, Any]]: One row per model: ``model``, ``implementation``,
+        ``params_m`` (backbone), ``batch``, ``size``, ``ms_per_step`` (median),
+        ``img_per_s``, ``ratio_to_swin_t``, ``state_mib`` (weights, buffers, optimizer state
+        and batch), ``step_peak_mib`` (what one step allocates on top), ``peak_mib`` (their
+        sum), ``memory_ratio_to_swin_t``, ``loss`` (of the last step), ``skipped_steps``
+        (fp16 steps the GradScaler skipped after settling), ``times_s`` and ``error``.
+    """
+    sources = common.resolve_sources(names, settings)
+    common.print_sources(sources)
+    x = common.make_input(batch, size, size, settings)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, NUM_CLASSES, (batch, ), generator=gen).to(settings.device)
+    steps: Dict[str, common.TrainStep] = {}
+    models: Dict[str, nn.Module] = {}
+    rows: Dict[str, Dict[str, Any]] = {}
+    for name, source in sources.items():
+        torch.manual_seed(0)
+        backbone = common.build_model(name, source, image_size=(size, size))
+        params = common.count_params(backbone)
+        backbone.to(settings.device)
+        classifier = LinearClassifier(backbone, _last_channels(backbone, x[:1]))
+        classifier.train()
+        model = common.prepare_model(classifier, settings)
+        optimizer = torch.optim.AdamW(classifier.parameters(), lr=LR,
+                                      weight_decay=WEIGHT_DECAY)
+        steps[name] = common.TrainStep(_loss_fn(model, x, labels), optimizer, settings)
+        models[name] = classifier
+        rows[name] = dict(model=name, implementation=source.describe(), params_m=params / 1e6,
+                          batch=batch, size=size)
+    settle_all(steps)
+    times, errors = common.time_interleaved(steps, settings)
+    # After the timed steps, so AdamW's moments exist and count as state, not as the step's.
+    peaks = common.peak_memory_all(steps, settings, errors)
+    for name, row in rows.items():
+        step = steps[name]
+        seconds = common.median(times[name]) if name in times else math.nan
+        row.update(ms_per_step=seconds * 1e3, times_s=times.get(name, []),
+                   error=errors.get(name))
+        state = common.state_mib(common.training_state(models[name], step.optimizer,
+                                                       (x, labels)))
+        _finish_row(row, step, seconds, batch, state, peaks[name])
+    rows_list = list(rows.values())
+    common.add_ratio(rows_list, 'img_per_s', 'ratio_to_swin_t')
+    common.add_ratio(rows_list, 'peak_mib', 'memory_ratio_to_swin_t')
+    return rows_list
+
+
+def check_detector_requirements() -> str:
+    """mmdet's version, or an error naming what the detector part needs."""
+    try:
+        import mmdet
+        from mmdet.testing import demo_mm_inputs  # noqa: F401
+    except ImportError as err:
+        raise common.BenchmarkError(
+            f'the detector part needs mmdet, which cannot be imported ({type(err).__name__}: '
+            f'{err}); install it ({common.PIP_MMDET}) or measure the backbones only with '
+            '--parts backbone') from None
+    return mmdet.__version__
+
+
+def config_path(name: str) -> str:
+    """The file of :data:`DET_CONFIGS` ``[name]``; ``mmdet::`` names one that mmdet ships."""
+    config = DET_CONFIGS[name]
+    if not config.startswith('mmdet::'):
+        return config
+    import mmdet
+    path = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', config[len('mmdet::'):])
+    if not osp.isfile(path):
+        raise common.BenchmarkError(
+            f'the {name} Mask R-CNN is built from {config}, which mmdet {mmdet.__version__} '
+            f'does not ship ({path} is missing); reinstall mmdet ({common.PIP_MMDET}) or leave '
+            f'{name} out of --det-models')
+    return path
+
+
+def build_detector(name: str, settings: Settings, rois: Optional[int] = None
+                   ) -> Tuple[nn.Module, torch.optim.Optimizer, int, int]:
+    """Build the Mask R-CNN of ``name`` from its config, in train mode on the device.
+
+    Args:
+        name (str): A key of :data:`DET_CONFIGS`.
+        settings (Settings): Run options (device).
+        rois (int, optional): RoIs sampled per image for the RoI heads, instead of the
+            config's.
+
+    Returns:
+        Tuple[nn.Module, torch.optim.Optimizer, int, int]: The detector, the config's
+        optimizer (with its parameter-wise settings), the number of classes and the RoIs
+        sampled per image.
+    """
+    import dualformer_mm  # noqa: F401  (registers DualFormer)
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+
+    from dualformer_mm.utils import build_model_from_cfg
+    cfg = Config.fromfile(config_path(name))
+    if name == REFERENCE_MODEL:
+        # Its Pretrained init names a download; random weights time the same.
+        cfg.model.backbone.init_cfg = None
+    if rois is not None:
+        cfg.model.train_cfg.rcnn.sampler.num = rois
+    torch.manual_seed(0)
+    # Outside distributed runs the Runner turns SyncBN back into BatchNorm; so does this.
+    model = revert_sync_batchnorm(build_model_from_cfg(cfg))
+    model.init_weights()
+    model.to(settings.device)
+    model.train()
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    return (model, optimizer, cfg.model.roi_head.bbox_head.num_classes,
+            cfg.model.train_cfg.rcnn.sampler.num)
+
+
+def detection_batch(batch: int, height: int, width: int, num_classes: int) -> Dict[str, Any]:
+    """Generated COCO-style training data: images, boxes, labels and bitmap masks."""
+    from mmdet.testing import demo_mm_inputs
+    return demo_mm_inputs(batch_size=batch, image_shapes=(3, height, width),
+                          num_items=[INSTANCES_PER_IMAGE] * batch, num_classes=num_classes,
+                          with_mask=True)
+
+
+def _backbone_fn(model: nn.Module, inputs: torch.Tensor,
+                 settings: Settings) -> Callable[[], None]:
+    """Forward and backward of the detector's backbone alone, as in the iteration."""
+
+    def run() -> None:
+        with common.autocast_context(settings):
+            total = sum(f.float().mean() for f in model.backbone(inputs))
+        # Every output gets a gradient, so backward runs through the whole backbone.
+        total.backward()
+        model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def measure_detectors(names: Sequence[str], batch: int, height: int, width: int,
+                      settings: Settings, mmdet_version: str,
+                      rois: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Mask R-CNN training iteration time, peak memory and backbone share of every model.
+
+    Args:
+        names (Sequence[str]): Keys of :data:`DET_CONFIGS`.
+        batch (int): Images per iteration.
+        height (int): Image height before padding.
+        width (int): Image width before padding.
+        settings (Settings): Run options.
+        mmdet_version (str): For the ``implementation`` field.
+        rois (int, optional): RoIs sampled per image, instead of the configs' 512.
+
+    Returns:
+        List[Dict[str, Any]]: One row per model: ``model``, ``config``, ``implementation``,
+        ``params_m`` (detector), ``backbone_params_m``, ``batch``, ``height``, ``width``,
+        ``padded`` ([H, W] the preprocessor padded to), ``rois_per_image``,
+        ``ms_per_iter`` (median), ``img_per_s``, ``ratio_to_swin_t``, ``backbone_ms``
+        (backbone forward + backward), ``backbone_share``, the memory fields of
+        :func:`measure_backbones`, ``loss``, ``skipped_steps``, ``times_s``,
+        ``backbone_times_s``, ``error`` and ``backbone_error``.
+    """
+    from mmengine.logging import MMLogger
+
+    # init_weights logs every parameter's init at INFO; warnings (no checkpoint) still show.
+    MMLogger.get_instance('train_step', log_level='WARNING')
+    dualformer = f'dualformer_mm {common.package_version("dualformer_mm") or ""}'.strip()
+    fns: Dict[str, Callable[[], None]] = {}
+    steps: Dict[str, common.TrainStep] = {}
+    models: Dict[str, nn.Module] = {}
+    rows: Dict[str, Dict[str, Any]] = {}
+    data = None
+    for name in dict.fromkeys(names):
+        model, optimizer, num_classes, sampled = build_detector(name, settings, rois)
+        if data is None:
+            data = detection_batch(batch, height, width, num_classes)
+
+        def loss_fn(model: nn.Module = model) -> torch.Tensor:
+            losses = model(**model.data_preprocessor(data, True), mode='loss')
+            return model.parse_losses(losses)[0]
+
+        steps[name] = fns[name] = common.TrainStep(loss_fn, optimizer, settings)
+        models[name] = model
+        inputs = model.data_preprocessor(data, True)['inputs']
+        fns[f'{name} backbone'] = _backbone_fn(model, inputs, settings)
+        uses = f'{dualformer} in mmdet {mmdet_version}' if name != REFERENCE_MODEL else (
+            f'mmdet {mmdet_version}')
+        config = DET_CONFIGS[name]
+        rows[name] = dict(model=name,
+                          config=osp.relpath(config, common.ROOT) if osp.isabs(config) else config,
+                          implementation=uses, params_m=common.count_params(model) / 1e6,
+                          backbone_params_m=common.count_params(model.backbone) / 1e6,
+                          batch=batch, height=height, width=width,
+                          padded=list(inputs.shape[-2:]), rois_per_image=sampled)
+        print(f'  {name}: {rows[name]["config"]} ({uses})', flush=True)
+    settle_all(steps)
+    times, errors = common.time_interleaved(fns, settings)
+    peaks = common.peak_memory_all(steps, settings, errors)
+    for name, row in rows.items():
+        step = steps[name]
+        seconds = common.median(times[name]) if name in times else math.nan
+        backbone = f'{name} backbone'
+        backbone_s = common.median(times[backbone]) if backbone in times else math.nan
+        row.update(ms_per_iter=seconds * 1e3, backbone_ms=backbone_s * 1e3,
+                   backbone_share=backbone_s / seconds if math.isfinite(backbone_s) else None,
+                   times_s=times.get(name, []), backbone_times_s=times.get(backbone, []),
+                   error=errors.get(name), backbone_error=errors.get(backbone))
+        # The batch is made inside the step (data preprocessor), so the step counts it.
+        state = common.state_mib(common.training_state(models[name], step.optimizer))
+        _finish_row(row, step, seconds, batch, state, peaks[name])
+    rows_list = list(rows.values())
+    common.add_ratio(rows_list, 'img_per_s', 'ratio_to_swin_t')
+    common.add_ratio(rows_list, 'peak_mib', 'memory_ratio_to_swin_t')
+    return rows_list
+
+
+def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
+                  settings: Settings) -> List[Dict[str, Any]]:
+    """The project's training targets that this run can evaluate (backbone part).
+
+    Args:
+        rows (List[Dict]): Output of :func:`measure_backbones`.
+        batch (int): Batch of the run.
+        size (int): Input side of the run.
+        settings (Settings): Run options.
+
+    Returns:
+        List[Dict[str, Any]]: See :func:`_common.evaluate_targets`; ``at_target_setting`` is
+        False unless the run is at 224x224 batch 16 on CPU in fp32.
+    """
+    at_setting = (size == TARGET_SETTING['size'] and batch == TARGET_SETTING['batch']
+                  and settings.device == TARGET_SETTING['device']
+                  and settings.amp == TARGET_SETTING['amp'])
+    return common.evaluate_targets(rows, TARGETS, at_setting)
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
+    """Format a number, or '-' when it is missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return '-'
+    return f'{value:{spec}}{suffix}'
+
+
+def _warnings(rows: List[Dict[str, Any]]) -> None:
+    """Print what makes a row less trustworthy than it looks."""
+    for r in rows:
+        if r['error']:
+            continue
+        if r['loss'] is not None and not math.isfinite(r['loss']):
+            print(f'warning: {r["model"]}: the last step\'s loss is {r["loss"]}')
+        if r['skipped_steps']:
+            print(f'warning: {r["model"]}: the GradScaler skipped {r["skipped_steps"]} '
+                  'optimizer steps for fp16 gradient overflow after settling its scale; '
+                  'those steps were cheaper than the others')
+
+
+def print_backbone_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
+                         header: str) -> None:
+    """Print the backbone part as an aligned table, then the target checks."""
+    ref = f'x {REFERENCE_MODEL}'
+    print(header)
+    print(f'{"model":<15}{"params (M)":>11}{"ms/step":>10}{"img/s":>9}{ref:>10}'
+          f'{"state MiB":>11}{"step MiB":>10}{"peak MiB":>10}{ref:>10}')
+    for r in rows:
+        if r['error']:
+            print(f'{r["model"]:<15}{r["params_m"]:>11.1f}  failed: {r["error"]}')
+            continue
+        print(f'{r["model"]:<15}{r["params_m"]:>11.1f}{r["ms_per_step"]:>10.1f}'
+              f'{r["img_per_s"]:>9.1f}{_fmt(r["ratio_to_swin_t"], ".2f", "x"):>10}'
+              f'{r["state_mib"]:>11.1f}{_fmt(r["step_peak_mib"], ".1f"):>10}'
+              f'{_fmt(r["peak_mib"], ".1f"):>10}'
+              f'{_fmt(r["memory_ratio_to_swin_t"], ".2f", "x"):>10}')
+    print('state: weights, buffers, AdamW moments and batch; step: the most one step '
+          'allocates on top; peak = state + step')
+    _warnings(rows)
+    for t in targets:
+        print(common.format_target(t, TARGET_SETTING_TEXT))
+
+
+def print_detector_table(rows: List[Dict[str, Any]], header: str) -> None:
+    """Print the detector part as an aligned table."""
+    ref = f'x {REFERENCE_MODEL}'
+    print(header)
+    print(f'{"model":<15}{"params (M)":>11}{"s/iter":>9}{"img/s":>9}{ref:>10}'
+          f'{"backbone s":>12}{"share":>7}{"peak MiB":>10}{ref:>10}')
+    for r in rows:
+        if r['error']:
+            print(f'{r["model"]:<15}{r["params_m"]:>11.1f}  failed: {r["error"]}')
+            continue
+        backbone_s = r['backbone_ms'] / 1e3 if r['backbone_ms'] is not None else None
+        print(f'{r["model"]:<15}{r["params_m"]:>11.1f}{r["ms_per_iter"] / 1e3:>9.2f}'
+              f'{r["img_per_s"]:>9.2f}{_fmt(r["ratio_to_swin_t"], ".2f", "x"):>10}'
+              f'{_fmt(backbone_s, ".2f"):>12}{_fmt(r["backbone_share"], ".0%"):>7}'
+              f'{_fmt(r["peak_mib"], ".0f"):>10}'
+              f'{_fmt(r["memory_ratio_to_swin_t"], ".2f", "x"):>10}')
+        if r['backbone_error']:
+            print(f'  {r["model"]} backbone alone failed: {r["backbone_error"]}')
+    print('backbone s: forward + backward of the backbone alone on the same batch; share: '
+          'its part of the iteration; peak: weights, buffers and AdamW moments + the most '
+          'one iteration allocates on top')
+    _warnings(rows)
+
+
+def plot(backbone_rows: Optional[List[Dict[str, Any]]],
+         detector_rows: Optional[List[Dict[str, Any]]], path: str, title: str) -> None:
+    """Bar charts: training images/s per backbone; Mask R-CNN s/iter with the backbone's part."""
+    plt = common.pyplot()
+    panels = [p for p in (('backbone', backbone_rows), ('detector', detector_rows)) if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for ax, (part, rows) in zip(axes[0], panels):
+        rows = [r for r in rows if not r['error']][::-1]
+        names = [r['model'] for r in rows]
+        colours = [common.model_colour(n) for n in names]
+        if part == 'backbone':
+            values = [r['img_per_s'] for r in rows]
+            ax.barh(names, values, color=colours)
+            ax.set_xlabel('training images / s (higher is better)')
+            ax.set_title('backbone + linear head', fontsize=9)
+        else:
+            from matplotlib.patches import Patch
+            values = [r['ms_per_iter'] / 1e3 for r in rows]
+            ax.barh(names, values, color=colours, alpha=0.45)
+            ax.barh(names, [(r['backbone_ms'] or 0) / 1e3 for r in rows], color=colours)
+            ax.set_xlabel('s / iteration (lower is better)')
+            ax.set_title('Mask R-CNN', fontsize=9)
+            ax.legend(handles=[Patch(color='grey', alpha=0.45, label='whole iteration'),
+                               Patch(color='grey', label='backbone forward + backward')],
+                      fontsize=8, loc='lower right')
+        for i, (r, v) in enumerate(zip(rows, values)):
+            label = f' {v:.2f}'
+            if r['ratio_to_swin_t'] is not None:
+                label += f' ({r["ratio_to_swin_t"]:.2f}x img/s)'
+            ax.text(v, i, label, va='center', fontsize=8)
+        ax.set_xlim(0, max(values) * 1.45 if values else 1)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Measure, print, and write the requested outputs; returns the exit status."""
+    args = parse_args(argv)
+    settings = args.settings
+    describe = common.describe_settings(settings)
+    det_height, det_width = args.det_size
+    # Every part's packages and configs are checked before minutes of measuring.
+    mmdet_version = None
+    if 'detector' in args.parts:
+        mmdet_version = check_detector_requirements()
+        for name in args.det_models:
+            config_path(name)
+    backbone_rows = detector_rows = None
+    targets: List[Dict[str, Any]] = []
+    if 'backbone' in args.parts:
+        names = list(dict.fromkeys(args.models))
+        print(f'building {", ".join(names)} with a linear head ...', flush=True)
+        backbone_rows = measure_backbones(names, args.batch, args.size, settings)
+        targets = check_targets(backbone_rows, args.batch, args.size, settings)
+        print_backbone_table(
+            backbone_rows, targets,
+            f'training step at {args.size}x{args.size}, batch {args.batch}: linear head, '
+            f'cross-entropy, AdamW; median of {settings.repeat} interleaved rounds; {describe}')
+    if 'detector' in args.parts:
+        names = list(dict.fromkeys(args.det_models))
+        print(f'building Mask R-CNN with {", ".join(names)} ...', flush=True)
+        # The configs' env_cfg leaves cuDNN autotuning off: RoI batches change shape with
+        # every iteration, and each new shape would be tuned again.
+        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        try:
+            detector_rows = measure_detectors(names, args.det_batch, det_height, det_width,
+                                              settings, mmdet_version, args.det_rois)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+        padded = next((r['padded'] for r in detector_rows), None)
+        print_detector_table(
+            detector_rows,
+            f'Mask R-CNN training iteration at {det_height}x{det_width}'
+            + (f' (padded to {padded[0]}x{padded[1]})' if padded else '')
+            + f', batch {args.det_batch}, {INSTANCES_PER_IMAGE} instances per image'
+            + (f', {args.det_rois} RoIs per image (not the configs\' 512)' if args.det_rois
+               else '')
+            + ': data '
+            f"preprocessor, loss, backward, the config's AdamW; median of {settings.repeat} "
+            f'interleaved rounds; {describe}')
+    payload = dict(
+        benchmark='train_step', parts=args.parts,
+        backbone=None if backbone_rows is None else dict(
+            batch=args.batch, size=args.size, num_classes=NUM_CLASSES,
+            optimizer=dict(type='AdamW', lr=LR, weight_decay=WEIGHT_DECAY),
+            rows=backbone_rows),
+        detector=None if detector_rows is None else dict(
+            batch=args.det_batch, height=det_height, width=det_width,
+            instances_per_image=INSTANCES_PER_IMAGE, rois_per_image=args.det_rois,
+            rows=detector_rows),
+        targets=targets, environment=common.describe_environment(settings))
+    common.write_outputs(args, payload,
+                         lambda path: plot(backbone_rows, detector_rows, path,
+                                           f'Training speed; {describe}'))
+    rows = (backbone_rows or []) + (detector_rows or [])
+    return 1 if all(r['error'] for r in rows) else 0
+
+
+if __name__ == '__main__':
+    common.run_main(main)

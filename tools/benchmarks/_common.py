@@ -1004,6 +1004,28 @@ class Target:
             raise ValueError(f"comparison must be '>=' or '<=', got {self.comparison!r}")
 
 
+def at_target_setting(target_setting: Dict[str, Any], settings: Settings, **run: Any) -> bool:
+    """Whether a run is at the setting its targets are defined at.
+
+    Args:
+        target_setting (dict): The setting: ``device`` and ``amp``, plus run values such as
+            ``size`` and ``batch``.
+        settings (Settings): The run's options (``device``, ``amp``).
+        **run: The run's values of the other keys of ``target_setting``.
+
+    Returns:
+        bool: True when every key of ``target_setting`` matches.
+
+    Example:
+        >>> s = Settings(device='cpu', threads=2, amp=False, amp_dtype=None,
+        ...              channels_last=False, compile=False, warmup=1, repeat=1, iters=1)
+        >>> at_target_setting(dict(device='cpu', amp=False, batch=32), s, batch=16)
+        False
+    """
+    actual = dict(run, device=settings.device, amp=settings.amp)
+    return all(actual.get(key) == value for key, value in target_setting.items())
+
+
 def evaluate_targets(rows: List[Dict[str, Any]], targets: Sequence[Target], at_setting: bool,
                      reference: str = REFERENCE_MODEL) -> List[Dict[str, Any]]:
     """The targets that this run can evaluate (both models measured, without error).

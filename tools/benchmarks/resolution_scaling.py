@@ -146,9 +146,7 @@ def check_targets(rows: List[Dict[str, Any]], batch: int,
         of the forward times, ``met``, ``at_target_setting``: batch 1, CPU, fp32).
     """
     at_size = [r for r in rows if (r['height'], r['width']) == TARGET_SIZE]
-    at_setting = (batch == TARGET_SETTING['batch']
-                  and settings.device == TARGET_SETTING['device']
-                  and settings.amp == TARGET_SETTING['amp'])
+    at_setting = common.at_target_setting(TARGET_SETTING, settings, batch=batch)
     return common.evaluate_targets(at_size, TARGETS, at_setting)
 
 

@@ -102,9 +102,7 @@ def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
         ``reference``, ``min_ratio``, ``ratio``, ``met``, and ``at_target_setting`` (False
         when the run differs from 224x224 batch 32 CPU fp32, where the targets are defined).
     """
-    at_setting = (size == TARGET_SETTING['size'] and batch == TARGET_SETTING['batch']
-                  and settings.device == TARGET_SETTING['device']
-                  and settings.amp == TARGET_SETTING['amp'])
+    at_setting = common.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
     return common.evaluate_targets(rows, TARGETS, at_setting)
 
 

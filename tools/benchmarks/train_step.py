@@ -423,9 +423,7 @@ def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
         List[Dict[str, Any]]: See :func:`_common.evaluate_targets`; ``at_target_setting`` is
         False unless the run is at 224x224 batch 16 on CPU in fp32.
     """
-    at_setting = (size == TARGET_SETTING['size'] and batch == TARGET_SETTING['batch']
-                  and settings.device == TARGET_SETTING['device']
-                  and settings.amp == TARGET_SETTING['amp'])
+    at_setting = common.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
     return common.evaluate_targets(rows, TARGETS, at_setting)
 
 

@@ -143,7 +143,15 @@ __global__ void exp_sum_kernel(const scalar_t* __restrict__ scores,
   }
 }
 
-// w = exp(s - max) / sum of the token's partition and channel; stats = (max, sum).
+// The per-token softmax weight of element i, in partition entry p: exp(s - max) / sum, with
+// stats = (max, sum) of the (G, K, D) entries, pooled_total apart.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t softmax_weight(const scalar_t* __restrict__ scores,
+                                                const acc_t* __restrict__ stats, int64_t i,
+                                                int64_t p, int64_t pooled_total) {
+  return ::exp(static_cast<acc_t>(scores[i]) - stats[p]) / stats[pooled_total + p];
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void softmax_weights_kernel(const scalar_t* __restrict__ scores,
                                        const int64_t* __restrict__ codes,
@@ -153,8 +161,7 @@ __global__ void softmax_weights_kernel(const scalar_t* __restrict__ scores,
                                        int64_t parts) {
   DUALFORMER_KERNEL_LOOP(i, total) {
     const int64_t p = pooled_index(codes, i, tokens, dim, parts);
-    weights[i] = static_cast<scalar_t>(::exp(static_cast<acc_t>(scores[i]) - stats[p]) /
-                                       stats[pooled_total + p]);
+    weights[i] = static_cast<scalar_t>(softmax_weight(scores, stats, i, p, pooled_total));
   }
 }
 
@@ -168,8 +175,8 @@ __global__ void softmax_dot_kernel(const scalar_t* __restrict__ grad,
                                    int64_t dim, int64_t parts) {
   DUALFORMER_KERNEL_LOOP(i, total) {
     const int64_t p = pooled_index(codes, i, tokens, dim, parts);
-    const acc_t w = ::exp(static_cast<acc_t>(scores[i]) - stats[p]) / stats[pooled_total + p];
-    gpuAtomicAdd(dot + p, w * static_cast<acc_t>(grad[i]));
+    gpuAtomicAdd(dot + p, softmax_weight(scores, stats, i, p, pooled_total) *
+                              static_cast<acc_t>(grad[i]));
   }
 }
 
@@ -185,7 +192,7 @@ __global__ void softmax_grad_kernel(const scalar_t* __restrict__ grad,
                                     int64_t parts) {
   DUALFORMER_KERNEL_LOOP(i, total) {
     const int64_t p = pooled_index(codes, i, tokens, dim, parts);
-    const acc_t w = ::exp(static_cast<acc_t>(scores[i]) - stats[p]) / stats[pooled_total + p];
+    const acc_t w = softmax_weight(scores, stats, i, p, pooled_total);
     grad_scores[i] = static_cast<scalar_t>(w * (static_cast<acc_t>(grad[i]) - dot[p]));
   }
 }

@@ -33,15 +33,20 @@ def _config(rel: str) -> Config:
     return Config.fromfile(osp.join(ROOT, rel))
 
 
+def _build(registry, cfg: dict, scope: str):
+    """Build ``cfg`` from ``registry`` with ``scope`` as the default scope (other tests may
+    have left another toolbox's scope as the current one)."""
+    with DefaultScope.overwrite_default_scope(scope):
+        if DefaultScope.get_current_instance() is None:
+            DefaultScope.get_instance(f'dualformer-{scope}', scope_name=scope)
+        return registry.build(cfg)
+
+
 def _dataset(cfg: Config, data_root: str):
     """The config's training dataset, pipeline untouched, reading ``data_root``."""
     dataset_cfg = copy.deepcopy(cfg.train_dataloader.dataset)
     dataset_cfg.data_root = data_root
-    scope = cfg.default_scope
-    with DefaultScope.overwrite_default_scope(scope):
-        if DefaultScope.get_current_instance() is None:
-            DefaultScope.get_instance(f'dualformer-{scope}', scope_name=scope)
-        return DATASETS.build(dataset_cfg)
+    return _build(DATASETS, dataset_cfg, cfg.default_scope)
 
 
 def _draw(dataset, count: int, seed: int = 0):
@@ -181,7 +186,7 @@ def test_ade20k_pipeline_rescales_crops_512_and_flips(tmp_path_factory):
     assert flips == {True, False}
     # The config's preprocessor pads every crop to 512x512 (ignored label 255 in the padding).
     from mmseg.registry import MODELS
-    preprocessor = MODELS.build(cfg.model.data_preprocessor)
+    preprocessor = _build(MODELS, cfg.model.data_preprocessor, 'mmseg')
     small = [s for s in samples if s['data_samples'].img_shape[0] < 512][:1]
     data = preprocessor(pseudo_collate(small), True)
     assert data['inputs'].shape == (1, 3, 512, 512)

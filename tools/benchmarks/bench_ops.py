@@ -13,16 +13,25 @@ of ``--repeat`` runs. ``--split`` adds the forward and the backward of each diff
 on their own. ``--profile`` also measures, with torch.profiler, the share of DualFormer-T's
 forward+backward at 800x1280 spent in the partition ops with each backend.
 
+With ``--device cuda`` (or ``--bandwidth`` on any device) it also reports the memory
+bandwidth of the fused softmax-pool forward: the bytes the op must move at least (its scores,
+values and codes read once, the pooled output written once) over its time, as a fraction of
+the bandwidth of a device-to-device copy of a buffer of as many bytes as its inputs, timed in
+the same run (``torch.cuda.Event`` on CUDA, ``time.perf_counter`` on CPU). The project's target
+on a GPU is at least 60% of the copy.
+
 Example:
     python tools/benchmarks/bench_ops.py                # table
     python tools/benchmarks/bench_ops.py --json         # list of {op, shape, device, ...}
     python tools/benchmarks/bench_ops.py --split        # plus forward and backward rows
     python tools/benchmarks/bench_ops.py --profile      # plus the DualFormer-T profile
+    python tools/benchmarks/bench_ops.py --device cuda  # plus the softmax-pool bandwidth
 """
 import argparse
 import contextlib
 import json
 import statistics
+import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -36,6 +45,8 @@ from dualformer_mm.models.backbones.dualformer import PartitionAttention
 SHAPES = {'224x224 b32': (32, 224, 224), '800x1280 b1': (1, 800, 1280)}
 DIMS, HEADS, PARTS, SR = 32, 1, 8, 4
 PARTITION_OPS = ('lsh_hash', 'partition_softmax_pool', 'partition_mean', 'partition_distribute')
+# The bandwidth rows add a shape whose tensors (16 MB each) are no longer launch-bound.
+BANDWIDTH_SHAPES = dict(SHAPES, **{'800x1280 b32': (32, 800, 1280)})
 
 
 def timeit(fn: Callable[[], None], device: str, repeat: int, warmup: int = 3) -> float:
@@ -186,6 +197,74 @@ def launch_cost(device: str, repeat: int) -> float:
     return timeit(step, device, repeat)
 
 
+def device_time_ms(fn: Callable[[], None], device: str, repeat: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn``: CUDA events around each call on CUDA, wall time on CPU."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        if device == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            samples.append(1e3 * (time.perf_counter() - begin))
+    return statistics.median(samples)
+
+
+def bandwidth_fraction(op_bytes: int, op_ms: float, copy_bytes: int, copy_ms: float) -> float:
+    """The op's bandwidth as a fraction of the copy's: ``(op_bytes / op_ms) / (copy_bytes /
+    copy_ms)``, where ``copy_bytes`` counts what the copy reads and writes.
+
+    Example:
+        >>> bandwidth_fraction(op_bytes=300, op_ms=2.0, copy_bytes=400, copy_ms=2.0)
+        0.75
+    """
+    if min(op_bytes, op_ms, copy_bytes, copy_ms) <= 0:
+        raise ValueError(f'bytes and times must be > 0, got {op_bytes}, {op_ms}, {copy_bytes}, '
+                         f'{copy_ms}')
+    return (op_bytes / op_ms) / (copy_bytes / copy_ms)
+
+
+def softmax_pool_bandwidth(shape_name: str, device: str, repeat: int) -> Dict:
+    """Bandwidth of the fused softmax-pool forward against a copy of as many bytes.
+
+    The op's bytes are the least it can move: scores, values and codes read once and the
+    pooled output written once. The copy is ``dst.copy_(src)`` of a byte buffer the size of
+    the op's inputs, so it reads and writes twice that.
+
+    Args:
+        shape_name (str): A key of :data:`BANDWIDTH_SHAPES`.
+        device (str): ``'cuda'``, or ``'cpu'`` (the same arithmetic, for testing).
+        repeat (int): Timed calls of each; the median counts.
+
+    Returns:
+        Dict: ``op`` (``'partition_softmax_pool:bandwidth'``), ``shape``, ``device``,
+        ``op_bytes``, ``op_ms``, ``op_gbps``, ``copy_bytes``, ``copy_ms``, ``copy_gbps``
+        and ``fraction`` (``op_gbps / copy_gbps``).
+    """
+    t = make_inputs(BANDWIDTH_SHAPES[shape_name], device)
+    x, v, codes = t['x'].detach(), t['v'].detach(), t['codes']
+    in_bytes = x.nbytes + v.nbytes + codes.nbytes
+    with torch.no_grad(), ops.use_backend('ext'):
+        out_bytes = ops.partition_softmax_pool(x, v, codes, PARTS).nbytes
+        op_ms = device_time_ms(lambda: ops.partition_softmax_pool(x, v, codes, PARTS), device,
+                               repeat)
+    src = torch.empty(in_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    copy_ms = device_time_ms(lambda: dst.copy_(src), device, repeat)
+    op_bytes, copy_bytes = in_bytes + out_bytes, 2 * in_bytes
+    return dict(op='partition_softmax_pool:bandwidth', shape=shape_name, device=device,
+                op_bytes=op_bytes, op_ms=op_ms, op_gbps=op_bytes / op_ms / 1e6,
+                copy_bytes=copy_bytes, copy_ms=copy_ms, copy_gbps=copy_bytes / copy_ms / 1e6,
+                fraction=bandwidth_fraction(op_bytes, op_ms, copy_bytes, copy_ms))
+
+
 def bench(device: str, repeat: int, split: bool = False) -> List[Dict]:
     rows = []
     for shape_name, shape in SHAPES.items():
@@ -263,6 +342,9 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--split', action='store_true',
                         help='also time the forward and the backward of each op on their own')
+    parser.add_argument('--bandwidth', action='store_true',
+                        help='also measure the softmax-pool bandwidth against a copy (always '
+                        'on with --device cuda)')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -270,10 +352,13 @@ def main() -> None:
         raise SystemExit(f'the extension cannot run on {args.device}: '
                          f'{ops._backend._missing(args.device)}')
     rows = bench(args.device, args.repeat, args.split)
+    bandwidth = [softmax_pool_bandwidth(name, args.device, args.repeat)
+                 for name in BANDWIDTH_SHAPES] if args.bandwidth or args.device == 'cuda' else []
     profile = profile_backbone(args.device, max(3, args.repeat // 5)) if args.profile else []
     if args.json:
-        print(json.dumps(rows + [dict(op='dualformer_t_profile', shape='800x1280 b1',
-                                      device=args.device, **p) for p in profile], indent=1))
+        print(json.dumps(rows + bandwidth + [dict(op='dualformer_t_profile', shape='800x1280 b1',
+                                                  device=args.device, **p) for p in profile],
+                         indent=1))
         return
     print(f'device={args.device} threads={torch.get_num_threads()} repeat={args.repeat}')
     print(f'{"op":<32}{"shape":<14}{"reference ms":>14}{"ext ms":>10}{"speedup":>9}')
@@ -282,6 +367,11 @@ def main() -> None:
               f'{r["speedup"]:>8.2f}x')
     print(f'fixed cost of one forward+backward from Python (a 1-element multiply), included '
           f'once in every forward+backward row: {launch_cost(args.device, args.repeat):.3f} ms')
+    for b in bandwidth:
+        print(f'softmax-pool forward {b["shape"]:<13}: {b["op_gbps"]:8.1f} GB/s '
+              f'({b["op_bytes"] / 1e6:.1f} MB in {b["op_ms"]:.3f} ms), copy '
+              f'{b["copy_gbps"]:8.1f} GB/s: {100 * b["fraction"]:.0f}% of the copy '
+              f'(target on a GPU: at least 60%)')
     for p in profile:
         print(f'DualFormer-T 800x1280 fwd+bwd, {p["backend"]:>9}: step {p["step_ms"]:.1f} ms '
               f'(wall {p["wall_ms"]:.1f} ms), partition ops fwd {p["partition_fwd_ms"]:.1f} + '

@@ -1,0 +1,320 @@
+"""The install: the CUDA architecture rule, the mmcv flavour and its wheel cache key, the
+end-of-setup flavour check, ``tools/setup_env.sh --print-plan`` and the sdist.
+
+Nothing here compiles: the GPU cases of the rule get their torch queries passed in, and the
+script is run only in its planning mode.
+"""
+import doctest
+import importlib.util
+import os
+import os.path as osp
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TORCH_ARCHS = ['sm_75', 'sm_80', 'sm_86', 'sm_90', 'sm_100', 'sm_120']
+
+
+def _load_by_path():
+    """``dualformer_mm/_cuda_arch.py`` as setup.py and setup_env.sh load it."""
+    spec = importlib.util.spec_from_file_location(
+        '_cuda_arch_under_test', osp.join(ROOT, 'dualformer_mm', '_cuda_arch.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+arch = _load_by_path()
+
+
+# ----------------------------------------------------------------------------- the arch rule
+
+def test_user_arch_list_wins_over_gpu_and_torch():
+    choice = arch.choose_archs({'TORCH_CUDA_ARCH_LIST': '8.6;9.0+PTX'}, [(8, 0)], TORCH_ARCHS)
+    assert choice == arch.ArchChoice('8.6;9.0+PTX', 'user')
+
+
+def test_visible_gpu_builds_for_that_gpu_only():
+    assert arch.choose_archs({}, [(9, 0)], TORCH_ARCHS) == arch.ArchChoice('9.0', 'gpu')
+    # Two kinds of GPU: both, once each, sorted.
+    assert arch.choose_archs({}, [(9, 0), (8, 0), (9, 0)], TORCH_ARCHS).archs == '8.0;9.0'
+    # A GPU newer than torch's newest architecture gets that one with PTX (driver JIT).
+    assert arch.choose_archs({}, [(13, 0)], TORCH_ARCHS).archs == '12.0+PTX'
+
+
+def test_no_gpu_builds_every_torch_arch_with_ptx_for_the_newest():
+    choice = arch.choose_archs({}, [], TORCH_ARCHS)
+    assert choice == arch.ArchChoice('7.5;8.0;8.6;9.0;10.0;12.0+PTX', 'torch')
+    # PTX-only and arch-specific ('a') entries: no PTX for an 'a' target (it runs on no
+    # newer GPU), so the newest plain architecture carries it.
+    assert arch.choose_archs({}, [], ['sm_80', 'sm_90a', 'compute_90']).archs == \
+        '8.0+PTX;9.0a'
+    # A CPU-only torch lists none: nothing to build for.
+    assert arch.choose_archs({}, [], []) is None
+
+
+def test_empty_user_list_counts_as_unset_and_bad_entries_are_named():
+    assert arch.choose_archs({'TORCH_CUDA_ARCH_LIST': ' '}, [(9, 0)], TORCH_ARCHS).source == 'gpu'
+    with pytest.raises(ValueError, match=r"TORCH_CUDA_ARCH_LIST='9.0;sm_90'.*\['sm_90'\]"):
+        arch.choose_archs({'TORCH_CUDA_ARCH_LIST': '9.0;sm_90'}, [], TORCH_ARCHS)
+    assert arch.check_arch_list('Hopper 8.0') == ['Hopper', '8.0']
+
+
+def test_rule_queries_the_installed_torch_by_default():
+    choice = arch.choose_archs({})
+    if torch.cuda.is_available():
+        assert choice.source == 'gpu'
+    elif torch.cuda.get_arch_list():
+        assert choice.source == 'torch' and choice.archs.endswith('+PTX')
+        assert len(choice.archs.split(';')) == len(
+            [a for a in torch.cuda.get_arch_list() if a.startswith('sm_')])
+    else:
+        assert choice is None
+
+
+def test_docstring_examples():
+    result = doctest.testmod(arch)
+    assert result.failed == 0 and result.attempted >= 8
+
+
+def test_sm_names():
+    assert [arch.sm_to_arch(n) for n in ('sm_90', 'sm_100', 'sm_90a', 'compute_90', 'x')] == \
+        ['9.0', '10.0', '9.0a', None, None]
+
+
+def test_rule_module_loads_without_the_package_or_torch():
+    # setup.py runs before mmengine and mmcv exist: the module must not import them, nor
+    # dualformer_mm (whose __init__ needs both), nor torch at import time.
+    path = osp.join(ROOT, 'dualformer_mm', '_cuda_arch.py')
+    code = ('import importlib.util, sys; '
+            f'spec = importlib.util.spec_from_file_location("m", {path!r}); '
+            'm = importlib.util.module_from_spec(spec); sys.modules["m"] = m; '
+            'spec.loader.exec_module(m); '
+            'print(sorted(n for n in ("torch", "mmcv", "mmengine", "dualformer_mm") '
+            'if n in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         cwd='/', timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == '[]'
+
+
+def test_setup_py_takes_the_rule_from_the_module():
+    text = open(osp.join(ROOT, 'setup.py')).read()
+    assert "'_cuda_arch.py'" in text and 'cuda_config.choose_archs()' in text
+    assert 'setdefault(\'TORCH_CUDA_ARCH_LIST\'' not in text
+
+
+# ------------------------------------------------------------------ flavour and cache key
+
+def test_flavour_follows_the_gpu_unless_asked():
+    cpu = arch.mmcv_plan('2.13.0', 'cp311', {}, [], '13.0', TORCH_ARCHS)
+    assert (cpu.flavour, cpu.cache_key, cpu.archs) == ('cpu', 'torch-2.13.0-cp311-cpu', None)
+    assert 'DUALFORMER_MMCV_CUDA=1' in cpu.reason
+    gpu = arch.mmcv_plan('2.13.0', 'cp311', {}, [(9, 0)], '13.0', TORCH_ARCHS)
+    assert (gpu.flavour, gpu.cache_key) == ('cuda', 'torch-2.13.0-cp311-cuda13.0-9.0')
+    # A login node building for its GPU nodes: every torch architecture.
+    login = arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1'}, [], '13.0',
+                           TORCH_ARCHS)
+    assert login.flavour == 'cuda' and login.archs.source == 'torch'
+    assert login.cache_key == 'torch-2.13.0-cp311-cuda13.0-7.5_8.0_8.6_9.0_10.0_12.0+PTX'
+    # The user's list names the key too (sorted, so the order does not matter).
+    user = arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1',
+                                              'TORCH_CUDA_ARCH_LIST': '9.0 8.0'}, [], '13.0')
+    assert user.cache_key == 'torch-2.13.0-cp311-cuda13.0-8.0_9.0'
+    forced = arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '0'}, [(9, 0)], '13.0')
+    assert forced.flavour == 'cpu' and 'GPU is visible' in forced.reason
+
+
+def test_cpu_and_cuda_wheels_never_share_a_cache_folder():
+    keys = {arch.mmcv_plan('2.13.0', 'cp311', env, gpus, '13.0', TORCH_ARCHS).cache_key
+            for env, gpus in (({}, []), ({}, [(9, 0)]), ({}, [(8, 0)]),
+                              ({'DUALFORMER_MMCV_CUDA': '1'}, []))}
+    assert len(keys) == 4
+    # Nor with the folder of the old layout (CPU wheels only), which the script migrates.
+    assert arch.legacy_cache_key('2.13.0', 'cp311') not in keys
+
+
+def test_flavour_errors_name_the_setting():
+    with pytest.raises(ValueError, match=r"DUALFORMER_MMCV_CUDA must be one of auto, 1, 0, "
+                       r"got 'yes'"):
+        arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': 'yes'}, [], '13.0')
+    with pytest.raises(ValueError, match='CPU-only'):
+        arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1'}, [], None, [])
+
+
+def _wheel(path, ext_bytes):
+    with zipfile.ZipFile(path, 'w') as whl:
+        whl.writestr('mmcv/__init__.py', '')
+        if ext_bytes is not None:
+            whl.writestr('mmcv/_ext.cpython-311-x86_64-linux-gnu.so', ext_bytes)
+    return str(path)
+
+
+def test_wheel_flavour_reads_the_linked_libraries(tmp_path):
+    elf = b'\x7fELF' + b'\0' * 64
+    cuda = _wheel(tmp_path / 'a.whl', elf + b'libc10.so\0libc10_cuda.so\0libcudart.so.13\0')
+    cpu = _wheel(tmp_path / 'b.whl', elf + b'libc10.so\0libtorch_cpu.so\0')
+    lite = _wheel(tmp_path / 'c.whl', None)
+    assert [arch.wheel_flavour(p) for p in (cuda, cpu, lite)] == ['cuda', 'cpu', 'lite']
+
+
+def test_cached_wheel_lookup_migrates_the_old_cpu_folder_once(tmp_path):
+    elf = b'\x7fELF' + b'\0' * 64
+    legacy = tmp_path / 'torch-2.13.0-cp311'
+    legacy.mkdir()
+    _wheel(legacy / 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl', elf + b'libtorch_cpu.so\0')
+    args = ('torch-2.13.0-cp311', '2.1.0')
+    cuda_key = 'torch-2.13.0-cp311-cuda13.0-9.0'
+    # A CUDA plan never takes the old folder's (CPU) wheel: it builds.
+    assert arch.find_cached_wheel(str(tmp_path), cuda_key, 'cuda', *args) is None
+    messages = []
+    found = arch.find_cached_wheel(str(tmp_path), 'torch-2.13.0-cp311-cpu', 'cpu', *args,
+                                   log=messages.append)
+    assert found == str(tmp_path / 'torch-2.13.0-cp311-cpu' /
+                        'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl')
+    assert not legacy.exists() and len(messages) == 1 and 'moving' in messages[0]
+    assert arch.find_cached_wheel(str(tmp_path), 'torch-2.13.0-cp311-cpu', 'cpu', *args,
+                                  log=messages.append) == found
+    assert len(messages) == 1
+    # A wheel of the wrong flavour in a folder is refused, not installed.
+    (tmp_path / cuda_key).mkdir()
+    _wheel(tmp_path / cuda_key / 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl', elf)
+    with pytest.raises(ValueError, match='has cpu ops but sits in the cache folder of the cuda'):
+        arch.find_cached_wheel(str(tmp_path), cuda_key, 'cuda', *args)
+
+
+def test_installed_mmcv_flavour_matches_its_own_report():
+    mmcv = pytest.importorskip('mmcv')
+    flavours = arch.installed_flavours()
+    assert flavours['mmcv'] == mmcv.__version__
+    try:
+        from mmcv.ops import get_compiling_cuda_version
+    except ImportError:
+        assert flavours['mmcv_cuda'] == 'lite'
+        return
+    reported = get_compiling_cuda_version()
+    assert flavours['mmcv_cuda'] == (None if reported == 'not available' else reported)
+
+
+def test_gpu_machine_with_cpu_only_ops_fails_setup():
+    cpu_mmcv = dict(mmcv='2.1.0', mmcv_cuda=None, ext_cuda='yes', gpus='H200 (sm_90)')
+    lines, errors = arch.check_install(cpu_mmcv, {})
+    assert lines[0] == 'mmcv 2.1.0: CPU-only ops'
+    assert len(errors) == 1 and 'mmcv has no CUDA ops' in errors[0] and 'RoIAlign' in errors[0]
+    # Asked for explicitly, it is reported but accepted.
+    assert arch.check_install(cpu_mmcv, {'DUALFORMER_MMCV_CUDA': '0'})[1] == []
+    no_ext = dict(cpu_mmcv, mmcv_cuda='13.0', ext_cuda='no')
+    lines, errors = arch.check_install(no_ext, {})
+    assert lines[:2] == ['mmcv 2.1.0: CUDA ops (compiled with CUDA 13.0)',
+                         'dualformer_mm._ext: CPU kernels only']
+    assert len(errors) == 1 and 'dualformer_mm._ext has no CUDA kernels' in errors[0]
+    good = dict(no_ext, ext_cuda='yes')
+    assert arch.check_install(good, {})[1] == []
+    # Without a GPU, CPU-only builds are what was asked for.
+    assert arch.check_install(dict(cpu_mmcv, ext_cuda='no', gpus=''), {})[1] == []
+
+
+# ------------------------------------------------------------------------ setup_env.sh
+
+def _plan(env, timeout=120):
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ('DUALFORMER_MMCV_CUDA', 'TORCH_CUDA_ARCH_LIST', 'CUDA_HOME',
+                            'CUDA_PATH')}
+    environ.update(VENV=sys.prefix, **env)
+    return subprocess.run(['bash', osp.join(ROOT, 'tools', 'setup_env.sh'), '--print-plan'],
+                          cwd=ROOT, env=environ, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU default needs a machine '
+                    'without a GPU')
+def test_setup_plan_without_gpu_is_cpu_flavour():
+    out = _plan({})
+    assert out.returncode == 0, out.stderr
+    assert re.search(r'flavour: cpu \(no CUDA GPU is visible', out.stdout)
+    torch_version = torch.__version__.split('+')[0]
+    pytag = f'cp{sys.version_info[0]}{sys.version_info[1]}'
+    assert f'wheels/torch-{torch_version}-{pytag}-cpu' in out.stdout
+
+
+def test_setup_plan_cuda_flavour_on_request():
+    if shutil.which('nvcc') is None or torch.version.cuda is None:
+        pytest.skip('needs nvcc and a CUDA build of torch')
+    out = _plan({'DUALFORMER_MMCV_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0;8.0'})
+    assert out.returncode == 0, out.stderr
+    assert 'flavour: cuda (DUALFORMER_MMCV_CUDA=1)' in out.stdout
+    assert 'architectures: 9.0;8.0 (TORCH_CUDA_ARCH_LIST as set by the user)' in out.stdout
+    assert re.search(rf'-cuda{re.escape(torch.version.cuda)}-8\.0_9\.0\n', out.stdout)
+    assert re.search(r'CUDA toolkit: /\S+', out.stdout)
+
+
+def test_setup_plan_errors():
+    bad = _plan({'DUALFORMER_MMCV_CUDA': 'yes'})
+    assert bad.returncode == 1
+    assert "DUALFORMER_MMCV_CUDA must be one of auto, 1, 0, got 'yes'" in bad.stderr
+    if torch.version.cuda is None or shutil.which('nvcc', path='/usr/bin:/bin'):
+        return
+    # The CUDA flavour without a toolkit in sight: the plan says what is missing.
+    no_toolkit = _plan({'DUALFORMER_MMCV_CUDA': '1', 'PATH': '/usr/bin:/bin'})
+    assert no_toolkit.returncode == 1
+    assert 'no CUDA toolkit (nvcc with libcudart) was found' in no_toolkit.stderr
+
+
+def test_setup_script_reads_no_package_index_setting():
+    text = open(osp.join(ROOT, 'tools', 'setup_env.sh')).read()
+    assert '--index-url' not in text and '://' not in text
+    # pip builds mmcv's sdist with no config file and no local wheel folder, and without its
+    # own wheel cache (which would return a wheel of the other flavour).
+    build = text[text.index('env -u PIP_FIND_LINKS'):]
+    build = build[:build.index('-w "$BUILD"')]
+    assert 'PIP_CONFIG_FILE=/dev/null' in build and '--no-cache-dir' in build
+
+
+# ------------------------------------------------------------------------------- sdist
+
+def _include_targets(path, text):
+    return [osp.normpath(osp.join(osp.dirname(path), inc))
+            for inc in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, re.M)]
+
+
+def test_sdist_holds_every_source_the_extension_needs(tmp_path):
+    # A copy of the checkout's source files (tracked and new, not ignored): the sdist must
+    # not write its egg-info into the working tree.
+    listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    src = tmp_path / 'src'
+    for rel in listed:
+        if osp.isfile(osp.join(ROOT, rel)):
+            os.makedirs(src / osp.dirname(rel), exist_ok=True)
+            shutil.copy2(osp.join(ROOT, rel), src / rel)
+    # DUALFORMER_CUDA=0: the CUDA sources are not extension sources then, so only
+    # package_data can carry them; sdist compiles nothing either way.
+    env = dict(os.environ, DUALFORMER_CUDA='0')
+    out = subprocess.run([sys.executable, 'setup.py', '-q', 'sdist', '-d', str(tmp_path / 'd')],
+                         cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not list(src.rglob('*.o')) and not list(src.rglob('*.so'))
+    (archive, ) = (tmp_path / 'd').glob('dualformer_mm-*.tar.gz')
+    with tarfile.open(archive) as tar:
+        names = {n.split('/', 1)[1] for n in tar.getnames() if '/' in n}
+        members = {n.split('/', 1)[1]: tar.extractfile(n).read().decode(errors='replace')
+                   for n in tar.getnames() if n.endswith(('.h', '.cpp', '.cu', '.cuh'))}
+    csrc = osp.join('dualformer_mm', 'ops', 'csrc')
+    needed = sorted(osp.relpath(osp.join(d, f), src) for d, _, files in os.walk(src / csrc)
+                    for f in files if f.endswith(('.h', '.cpp', '.cu', '.cuh')))
+    assert any(n.endswith('.cu') for n in needed) and any(
+        n.startswith(osp.join(csrc, 'cpu')) and n.endswith('.h') for n in needed)
+    missing = [n for n in needed + ['setup.py', 'dualformer_mm/_cuda_arch.py'] if n not in names]
+    assert not missing, f'the sdist lacks {missing}'
+    # Every quoted #include of every source resolves inside the sdist.
+    unresolved = [(p, t) for p, text in members.items() for t in _include_targets(p, text)
+                  if t not in names]
+    assert not unresolved, unresolved

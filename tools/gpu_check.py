@@ -606,26 +606,14 @@ def tier2_override(task: str, data_root: str, dry_run: bool) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _sync_bn_to_bn(node: Any) -> int:
-    count = 0
-    if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'
-            count += 1
-        for value in node.values():
-            count += _sync_bn_to_bn(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            count += _sync_bn_to_bn(value)
-    return count
-
-
 def step_train_task(task: str) -> Callable[[Context], Dict[str, Any]]:
     """The tier-2 step of one task: generate data, one (AMP) iteration, one predict step."""
 
     def run(ctx: Context) -> Dict[str, Any]:
         sys.path.insert(0, ROOT)
+        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
         from mmengine.config import Config
+        from runner_env import replace_norm_type
         import tests.test_tools as data_tools
         # Data and work dir in a temporary folder; the training log is copied to logs/.
         work = tempfile.mkdtemp(prefix=f'gpu_check_{task}_')
@@ -649,7 +637,7 @@ def step_train_task(task: str) -> Callable[[Context], Dict[str, Any]]:
             # One process: plain BN where the configs have SyncBN (which needs a process
             # group to synchronise over).
             model_cfg = cfg.model.to_dict()
-            converted = _sync_bn_to_bn(model_cfg)
+            converted = replace_norm_type(model_cfg, 'SyncBN', 'BN')
             cfg.model = model_cfg
         final = osp.join(work, f'{task}_config.py')
         cfg.dump(final)

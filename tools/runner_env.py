@@ -20,18 +20,29 @@ from dualformer_mm.utils import DatasetNotFoundError, check_dataset_paths
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 
-def _sync_bn_to_cpu(node: Any) -> int:
-    """Replace ``type='SyncBN'`` by ``'CPUSyncBN'`` in a nested config in place; count them."""
+def replace_norm_type(node: Any, old: str, new: str) -> int:
+    """Replace every ``type=old`` by ``type=new`` in a nested config, in place; count them.
+
+    Args:
+        node: A config dict (or list) to walk, e.g. ``cfg.model``.
+        old (str): The type to replace, e.g. ``'SyncBN'``.
+        new (str): Its replacement, e.g. ``'CPUSyncBN'`` or ``'BN'``.
+
+    Example:
+        >>> cfg = dict(backbone=dict(norm_cfg=dict(type='SyncBN')), neck=[dict(type='SyncBN')])
+        >>> replace_norm_type(cfg, 'SyncBN', 'BN'), cfg['neck']
+        (2, [{'type': 'BN'}])
+    """
     count = 0
     if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'CPUSyncBN'
+        if node.get('type') == old:
+            node['type'] = new
             count += 1
         for value in node.values():
-            count += _sync_bn_to_cpu(value)
+            count += replace_norm_type(value, old, new)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            count += _sync_bn_to_cpu(value)
+            count += replace_norm_type(value, old, new)
     return count
 
 
@@ -54,7 +65,7 @@ def setup_device(cfg: Config, launcher: str) -> List[str]:
     messages: List[str] = []
     if torch.cuda.is_available():
         return messages
-    converted = _sync_bn_to_cpu(cfg.model)
+    converted = replace_norm_type(cfg.model, 'SyncBN', 'CPUSyncBN')
     if converted:
         # Plain BN would normalise each process's share alone: different statistics and
         # gradients from the GPU run. CPUSyncBN all-reduces them over the gloo group.

@@ -178,6 +178,8 @@ def _has_distribution(name: str) -> bool:
 
 
 def _load_cuda_arch():
+    """``dualformer_mm/_cuda_arch.py`` by its path, as setup.py loads it: the environment step
+    must report even where ``import dualformer_mm`` fails (no mmcv, a broken build)."""
     spec = importlib.util.spec_from_file_location(
         '_dualformer_cuda_arch', osp.join(ROOT, 'dualformer_mm', '_cuda_arch.py'))
     module = importlib.util.module_from_spec(spec)

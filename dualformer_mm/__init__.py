@@ -8,6 +8,8 @@ needed to import it.
 """
 __version__ = '0.1.0'
 
+# First: refuses a torch older than the package supports, in one line.
+from . import compat  # noqa: E402,F401
 from .engine import RandomStateHook  # noqa: E402
 from .models import (CPUSyncBatchNorm, DualAttentionBlock, DualFormer, MBConv,  # noqa: E402
                      PartitionAttention)
@@ -15,6 +17,7 @@ from .utils.checkpoint import allow_mmengine_checkpoints  # noqa: E402
 
 # torch >= 2.6 loads checkpoints with weights_only=True; let mmengine's own checkpoints through
 # (exact types only) so resume and load_from work without weakening that protection.
+# DUALFORMER_SAFE_GLOBALS=0 leaves torch's allowlist untouched.
 allow_mmengine_checkpoints()
 
 __all__ = [

@@ -32,6 +32,8 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 
+from .. import compat
+
 ENV_VAR = 'DUALFORMER_OPS'
 MODES = ('auto', 'ext', 'reference')
 EXT_NAME = 'dualformer_mm._ext'
@@ -175,6 +177,11 @@ def prepare_backend() -> str:
     mode = get_backend()
     if mode != 'reference':
         load_extension()
+        if not compat.HAS_FAKE_KERNELS and _state.ext is not None:
+            _warn_once(('compile', 'fake'),
+                       f'dualformer_mm partition ops: torch {torch.__version__} cannot register '
+                       'fake kernels (torch >= 2.2 can), so inside torch.compile they run the '
+                       'PyTorch reference ops; eager runs use the fused kernels.')
     return mode
 
 
@@ -229,6 +236,10 @@ def use_extension(op: str, device: torch.device, cuda_deterministic: bool = Fals
     """
     mode = _state.mode if _state.mode is not None else get_backend()
     if mode == 'reference' or torch.onnx.is_in_onnx_export():
+        return False
+    if not compat.HAS_FAKE_KERNELS and compat.is_compiling():
+        # The tracer needs a fake kernel for a custom op; this torch has none to register
+        # (said once by prepare_backend).
         return False
     device_type = device.type
     if (device_type == 'cuda' and not cuda_deterministic

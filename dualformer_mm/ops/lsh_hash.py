@@ -10,6 +10,7 @@ assignment, as in the paper.
 import torch
 from torch import Tensor
 
+from .. import compat
 from ._backend import on_extension_load, use_extension
 from .partition import lsh_hash_pytorch
 
@@ -42,6 +43,6 @@ def lsh_hash(x: Tensor, planes: Tensor) -> Tensor:
 def _register() -> None:
     """Fake kernel of the compiled op, for torch.compile and torch.export tracing."""
 
-    @torch.library.register_fake('dualformer::lsh_hash')
+    @compat.register_fake('dualformer::lsh_hash')
     def _(x: Tensor, planes: Tensor) -> Tensor:
         return x.new_empty(x.shape[:-1], dtype=torch.long)

@@ -7,6 +7,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .. import compat
 from ._backend import on_extension_load, use_extension
 from .partition import partition_distribute_pytorch
 
@@ -39,10 +40,10 @@ def partition_distribute(pooled: Tensor, codes: Tensor) -> Tensor:
 def _register() -> None:
     """Fake kernels of the compiled ops (their autograd is in csrc/autograd.cpp)."""
 
-    @torch.library.register_fake('dualformer::partition_distribute')
+    @compat.register_fake('dualformer::partition_distribute')
     def _(pooled: Tensor, codes: Tensor) -> Tensor:
         return pooled.new_empty((pooled.shape[0], codes.shape[1], pooled.shape[2]))
 
-    @torch.library.register_fake('dualformer::partition_distribute_backward')
+    @compat.register_fake('dualformer::partition_distribute_backward')
     def _(grad: Tensor, codes: Tensor, num_partitions: int) -> Tensor:
         return grad.new_empty((grad.shape[0], num_partitions, grad.shape[2]))

@@ -7,6 +7,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .. import compat
 from ._backend import on_extension_load, use_extension
 from .partition import partition_mean_pytorch
 
@@ -40,11 +41,11 @@ def partition_mean(x: Tensor, codes: Tensor, num_partitions: int) -> Tuple[Tenso
 def _register() -> None:
     """Fake kernels of the compiled ops (their autograd is in csrc/autograd.cpp)."""
 
-    @torch.library.register_fake('dualformer::partition_mean')
+    @compat.register_fake('dualformer::partition_mean')
     def _(x: Tensor, codes: Tensor, num_partitions: int) -> Tuple[Tensor, Tensor]:
         return (x.new_empty((x.shape[0], num_partitions, x.shape[2])),
                 x.new_empty((x.shape[0], num_partitions), dtype=torch.long))
 
-    @torch.library.register_fake('dualformer::partition_mean_backward')
+    @compat.register_fake('dualformer::partition_mean_backward')
     def _(grad: Tensor, codes: Tensor, counts: Tensor) -> Tensor:
         return grad.new_empty((grad.shape[0], codes.shape[1], grad.shape[2]))

@@ -12,6 +12,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .. import compat
 from ._backend import on_extension_load, use_extension
 from .partition import partition_softmax_pytorch
 
@@ -46,12 +47,12 @@ def partition_softmax(scores: Tensor, codes: Tensor, num_partitions: int) -> Ten
 def _register() -> None:
     """Fake kernels of the compiled ops (their autograd is in csrc/autograd.cpp)."""
 
-    @torch.library.register_fake('dualformer::partition_softmax')
+    @compat.register_fake('dualformer::partition_softmax')
     def _(scores: Tensor, codes: Tensor, num_partitions: int) -> Tuple[Tensor, Tensor]:
         acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
         stats = (2, scores.shape[0], num_partitions, scores.shape[2])
         return scores.new_empty(scores.shape), scores.new_empty(stats, dtype=acc)
 
-    @torch.library.register_fake('dualformer::partition_softmax_backward')
+    @compat.register_fake('dualformer::partition_softmax_backward')
     def _(grad: Tensor, scores: Tensor, codes: Tensor, stats: Tensor) -> Tensor:
         return scores.new_empty(scores.shape)

@@ -11,6 +11,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .. import compat
 from ._backend import on_extension_load, use_extension
 from .partition import partition_softmax_pool_pytorch
 
@@ -58,14 +59,14 @@ def partition_softmax_pool(scores: Tensor, values: Tensor, codes: Tensor,
 def _register() -> None:
     """Fake kernels of the compiled ops (their autograd is in csrc/autograd.cpp)."""
 
-    @torch.library.register_fake('dualformer::partition_softmax_pool')
+    @compat.register_fake('dualformer::partition_softmax_pool')
     def _(scores: Tensor, values: Tensor, codes: Tensor,
           num_partitions: int) -> Tuple[Tensor, Tensor]:
         shape = (values.shape[0], num_partitions, values.shape[2])
         acc = torch.float64 if values.dtype == torch.float64 else torch.float32
         return values.new_empty(shape), values.new_empty((2, ) + shape, dtype=acc)
 
-    @torch.library.register_fake('dualformer::partition_softmax_pool_backward')
+    @compat.register_fake('dualformer::partition_softmax_pool_backward')
     def _(grad: Tensor, scores: Tensor, values: Tensor, codes: Tensor,
           stats: Tensor) -> Tuple[Tensor, Tensor]:
         # The kernel works on contiguous copies, so its gradients are contiguous whatever the

@@ -28,7 +28,7 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dualformer_mm import ops
+from dualformer_mm import compat, ops
 from ..layers import build_norm2d
 
 PARTITION_METHODS = ('lsh', 'kmeans')
@@ -423,8 +423,8 @@ class FFN(BaseModule):
 
     def _path(self, x: Tensor) -> str:
         """``'tiled'``, ``'tiled_training'`` or ``'plain'`` for this call."""
-        if (x.device.type != 'cpu' or torch.is_autocast_enabled('cpu')
-                or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if (x.device.type != 'cpu' or compat.is_autocast_enabled('cpu')
+                or torch.jit.is_tracing() or compat.is_compiling()
                 or not _is_channels_last(x)):
             # Autocast does not reach the out= matmuls of the tiles: the plain path casts.
             return 'plain'
@@ -857,7 +857,7 @@ class DualFormer(BaseModule):
         ``CUDA_LAUNCH_BLOCKING=1`` to see it raised at this forward). Skipped when tracing
         (FLOP counting, ONNX) or compiling, where it would break the graph.
         """
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if torch.jit.is_tracing() or compat.is_compiling():
             return
         finite = torch.isfinite(x).all()
         if x.device.type != 'cpu':

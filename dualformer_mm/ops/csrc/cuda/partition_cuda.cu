@@ -2,268 +2,89 @@
 // CUDA launchers of the partition ops of MHPA (paper section 3.2, eqs. 4-9): fp32, fp16, bf16
 // (and fp64 for gradcheck), on the current stream of the inputs' device, with no host
 // synchronisation (K is passed in; buffers are filled with ATen ops on the same stream).
-#include <ATen/AccumulateType.h>
-#include <ATen/Context.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/Dispatch.h>
+// What each op allocates and launches is in partition_launch.cuh; this file supplies the
+// device: its guard, its stream and the <<<>>> launch.
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "../partition_ops.h"
-#include "partition_kernels.cuh"
+#include "partition_launch.cuh"
 
 namespace dualformer {
 namespace {
 
-constexpr int kThreads = 256;
+// Launches on the current stream of the current device: construct it after the device guard.
+class CudaLauncher {
+ public:
+  CudaLauncher()
+      : stream_(at::cuda::getCurrentCUDAStream()),
+        multiprocessors_(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) {}
 
-// Enough blocks to fill the device; grid-stride loops cover the rest.
-inline unsigned int num_blocks(int64_t total) {
-  const int64_t cap = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min((total + kThreads - 1) / kThreads, cap)));
-}
+  int64_t multiprocessors() const { return multiprocessors_; }
 
-at::ScalarType acc_type_of(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+  template <typename... Params, typename... Args>
+  void operator()(void (*kernel)(Params...), unsigned int blocks, unsigned int threads,
+                  Args... args) const {
+    kernel<<<blocks, threads, 0, stream_>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 
-// The reductions add floats with atomics, in an order that varies from run to run; like
-// ATen's index_add_ on CUDA, they refuse to run under torch.use_deterministic_algorithms(True)
-// (or warn, with warn_only=True). The reference path is deterministic there.
-void alert_atomics(const char* op) {
-  at::globalContext().alertNotDeterministic(op);
-}
+ private:
+  cudaStream_t stream_;
+  int64_t multiprocessors_;
+};
 
 }  // namespace
 
 Tensor lsh_pack_cuda(const Tensor& proj) {
   const at::cuda::OptionalCUDAGuard guard(proj.device());
-  const int64_t bits = proj.size(-1), rows = proj.numel() / std::max<int64_t>(bits, 1);
-  auto sizes = proj.sizes().vec();
-  sizes.pop_back();
-  Tensor codes = at::empty(sizes, proj.options().dtype(at::kLong));
-  if (rows == 0) return codes;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, proj.scalar_type(), "lsh_pack_cuda", [&] {
-    cuda::lsh_pack_kernel<scalar_t><<<num_blocks(rows), kThreads, 0, stream>>>(
-        proj.const_data_ptr<scalar_t>(), codes.data_ptr<int64_t>(), rows, bits);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return codes;
+  return cuda::lsh_pack(CudaLauncher(), proj);
 }
 
 std::tuple<Tensor, Tensor> softmax_pool_forward_cuda(const Tensor& scores, const Tensor& values,
                                                      const Tensor& codes, int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(values.device());
-  alert_atomics("dualformer::partition_softmax_pool (CUDA)");
-  const int64_t groups = values.size(0), tokens = values.size(1), dim = values.size(2);
-  const auto acc_options = values.options().dtype(acc_type_of(values.scalar_type()));
-  Tensor peak = at::full({groups, parts, dim}, -std::numeric_limits<double>::infinity(), acc_options);
-  Tensor denom = at::zeros({groups, parts, dim}, acc_options);
-  Tensor numer = at::zeros({groups, parts, dim}, acc_options);
-  Tensor pooled = at::empty({groups, parts, dim}, values.options());
-  Tensor stats = at::empty({2, groups, parts, dim}, acc_options);
-  const int64_t total = values.numel(), pooled_total = pooled.numel();
-  if (pooled_total == 0) return {pooled, stats};
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "softmax_pool_forward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    if (total > 0) {
-      cuda::segment_max_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-          scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(),
-          peak.data_ptr<acc_t>(), total, tokens, dim, parts);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      cuda::softmax_sum_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-          scores.const_data_ptr<scalar_t>(), values.const_data_ptr<scalar_t>(),
-          codes.const_data_ptr<int64_t>(), peak.const_data_ptr<acc_t>(), denom.data_ptr<acc_t>(),
-          numer.data_ptr<acc_t>(), total, tokens, dim, parts);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    cuda::softmax_finalize_kernel<scalar_t, acc_t><<<num_blocks(pooled_total), kThreads, 0, stream>>>(
-        peak.const_data_ptr<acc_t>(), denom.const_data_ptr<acc_t>(), numer.const_data_ptr<acc_t>(),
-        pooled.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), pooled_total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {pooled, stats};
+  return cuda::softmax_pool_forward(CudaLauncher(), scores, values, codes, parts);
 }
 
 std::tuple<Tensor, Tensor> softmax_pool_backward_cuda(const Tensor& grad, const Tensor& scores,
                                                       const Tensor& values, const Tensor& codes,
                                                       const Tensor& stats) {
   const at::cuda::OptionalCUDAGuard guard(values.device());
-  const int64_t tokens = values.size(1), dim = values.size(2), parts = stats.size(2);
-  const int64_t pooled_total = stats.numel() / 2;
-  Tensor grad_scores = at::empty_like(scores);
-  Tensor grad_values = at::empty_like(values);
-  const int64_t total = values.numel();
-  if (total == 0) return {grad_scores, grad_values};
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "softmax_pool_backward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    cuda::softmax_backward_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), scores.const_data_ptr<scalar_t>(),
-        values.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(),
-        stats.const_data_ptr<acc_t>(), grad_scores.data_ptr<scalar_t>(),
-        grad_values.data_ptr<scalar_t>(), total, pooled_total, tokens, dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {grad_scores, grad_values};
+  return cuda::softmax_pool_backward(CudaLauncher(), grad, scores, values, codes, stats);
 }
 
 std::tuple<Tensor, Tensor> softmax_forward_cuda(const Tensor& scores, const Tensor& codes,
                                                 int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(scores.device());
-  alert_atomics("dualformer::partition_softmax (CUDA)");
-  const int64_t groups = scores.size(0), tokens = scores.size(1), dim = scores.size(2);
-  const auto acc_options = scores.options().dtype(acc_type_of(scores.scalar_type()));
-  // stats[0] = max (starts at -inf), stats[1] = sum of exp (starts at 0).
-  Tensor stats = at::empty({2, groups, parts, dim}, acc_options);
-  stats.select(0, 0).fill_(-std::numeric_limits<double>::infinity());
-  stats.select(0, 1).zero_();
-  Tensor weights = at::empty_like(scores);
-  const int64_t total = scores.numel(), pooled_total = groups * parts * dim;
-  if (total == 0) return {weights, stats};
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "softmax_forward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    acc_t* peak = stats.data_ptr<acc_t>();
-    cuda::segment_max_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), peak, total, tokens,
-        dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::exp_sum_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), peak,
-        peak + pooled_total, total, tokens, dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::softmax_weights_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), peak,
-        weights.data_ptr<scalar_t>(), total, pooled_total, tokens, dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {weights, stats};
+  return cuda::softmax_forward(CudaLauncher(), scores, codes, parts);
 }
 
 Tensor softmax_backward_cuda(const Tensor& grad, const Tensor& scores, const Tensor& codes,
                              const Tensor& stats) {
   const at::cuda::OptionalCUDAGuard guard(scores.device());
-  alert_atomics("dualformer::partition_softmax_backward (CUDA)");
-  const int64_t groups = scores.size(0), tokens = scores.size(1), dim = scores.size(2);
-  const int64_t parts = stats.size(2), pooled_total = groups * parts * dim;
-  Tensor grad_scores = at::empty_like(scores);
-  const int64_t total = scores.numel();
-  if (total == 0) return grad_scores;
-  Tensor dot = at::zeros({groups, parts, dim}, stats.options());
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "softmax_backward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    cuda::softmax_dot_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), scores.const_data_ptr<scalar_t>(),
-        codes.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(), dot.data_ptr<acc_t>(),
-        total, pooled_total, tokens, dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::softmax_grad_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), scores.const_data_ptr<scalar_t>(),
-        codes.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(),
-        dot.const_data_ptr<acc_t>(), grad_scores.data_ptr<scalar_t>(), total, pooled_total,
-        tokens, dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return grad_scores;
+  return cuda::softmax_backward(CudaLauncher(), grad, scores, codes, stats);
 }
 
 std::tuple<Tensor, Tensor> mean_forward_cuda(const Tensor& x, const Tensor& codes, int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(x.device());
-  alert_atomics("dualformer::partition_mean (CUDA)");
-  const int64_t groups = x.size(0), tokens = x.size(1), dim = x.size(2);
-  if (dim == 0) {
-    // The sum kernel counts a token at its channel 0; with no channels, count with one zero
-    // channel and return the empty means.
-    const Tensor one = at::zeros({groups, tokens, 1}, x.options());
-    return {at::empty({groups, parts, 0}, x.options()),
-            std::get<1>(mean_forward_cuda(one, codes, parts))};
-  }
-  const auto acc_options = x.options().dtype(acc_type_of(x.scalar_type()));
-  Tensor sums = at::zeros({groups, parts, dim}, acc_options);
-  Tensor counts = at::zeros({groups, parts}, x.options().dtype(at::kLong));
-  Tensor means = at::empty({groups, parts, dim}, x.options());
-  const int64_t total = x.numel(), pooled_total = means.numel();
-  if (pooled_total == 0) return {means, counts};
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mean_forward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    if (total > 0) {
-      cuda::segment_sum_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), sums.data_ptr<acc_t>(),
-          counts.data_ptr<int64_t>(), total, tokens, dim, parts);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    cuda::mean_finalize_kernel<scalar_t, acc_t><<<num_blocks(pooled_total), kThreads, 0, stream>>>(
-        sums.const_data_ptr<acc_t>(), counts.const_data_ptr<int64_t>(), means.data_ptr<scalar_t>(),
-        pooled_total, dim);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {means, counts};
+  return cuda::mean_forward(CudaLauncher(), x, codes, parts);
 }
 
 Tensor mean_backward_cuda(const Tensor& grad, const Tensor& codes, const Tensor& counts) {
   const at::cuda::OptionalCUDAGuard guard(grad.device());
-  const int64_t groups = grad.size(0), parts = grad.size(1), dim = grad.size(2);
-  const int64_t tokens = codes.size(1);
-  Tensor grad_x = at::empty({groups, tokens, dim}, grad.options());
-  const int64_t total = grad_x.numel();
-  if (total == 0) return grad_x;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mean_backward_cuda", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    cuda::mean_backward_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(),
-        counts.const_data_ptr<int64_t>(), grad_x.data_ptr<scalar_t>(), total, tokens, dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return grad_x;
+  return cuda::mean_backward(CudaLauncher(), grad, codes, counts);
 }
 
 Tensor distribute_forward_cuda(const Tensor& pooled, const Tensor& codes) {
   const at::cuda::OptionalCUDAGuard guard(pooled.device());
-  const int64_t groups = pooled.size(0), parts = pooled.size(1), dim = pooled.size(2);
-  const int64_t tokens = codes.size(1);
-  Tensor out = at::empty({groups, tokens, dim}, pooled.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pooled.scalar_type(), "distribute_forward_cuda", [&] {
-    cuda::distribute_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-        pooled.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
-        total, tokens, dim, parts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
+  return cuda::distribute_forward(CudaLauncher(), pooled, codes);
 }
 
 Tensor distribute_backward_cuda(const Tensor& grad, const Tensor& codes, int64_t parts) {
   const at::cuda::OptionalCUDAGuard guard(grad.device());
-  alert_atomics("dualformer::partition_distribute_backward (CUDA)");
-  const int64_t groups = grad.size(0), tokens = grad.size(1), dim = grad.size(2);
-  Tensor sums = at::zeros({groups, parts, dim}, grad.options().dtype(acc_type_of(grad.scalar_type())));
-  const int64_t total = grad.numel();
-  if (total > 0) {
-    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "distribute_backward_cuda", [&] {
-      using acc_t = at::acc_type<scalar_t, true>;
-      cuda::segment_sum_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-          grad.const_data_ptr<scalar_t>(), codes.const_data_ptr<int64_t>(), sums.data_ptr<acc_t>(),
-          nullptr, total, tokens, dim, parts);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  // Accumulated in fp32 so that fp16 sums over many tokens keep their precision; one cast back.
-  return sums.to(grad.scalar_type());
+  return cuda::distribute_backward(CudaLauncher(), grad, codes, parts);
 }
 
 }  // namespace dualformer

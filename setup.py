@@ -9,12 +9,19 @@ install: nothing here catches build errors.
 Environment:
     DUALFORMER_CUDA: ``auto`` (default) builds CUDA when possible, ``1`` requires it (an error
         names what is missing), ``0`` builds the CPU kernels only.
-    TORCH_CUDA_ARCH_LIST: GPU architectures. Unset, the rule of ``dualformer_mm/_cuda_arch.py``
-        (shared with the mmcv build of ``tools/setup_env.sh``) picks the visible GPU's, or,
-        without a GPU, every architecture of the installed torch with PTX for the newest.
+    TORCH_CUDA_ARCH_LIST: GPU architectures. Unset, the rule of ``cuda_build.py`` (shared with
+        the mmcv build of ``tools/setup_env.sh``) picks the visible GPU's, or, without a GPU,
+        every architecture of the installed torch with PTX for the newest.
     CUDA_HOME: the toolkit; derived from ``nvcc`` when unset or wrong
-        (``_cuda_arch.cuda_home``).
+        (``cuda_build.cuda_home``).
     MAX_JOBS: parallel compile jobs (ninja).
+
+Installing into an existing environment (README, "Use it in your own OpenMMLab environment"):
+``pip install --no-build-isolation .`` (or ``-e .``) compiles against the torch already there.
+torch is required to be installed first and inside the supported range, checked here before
+pip resolves anything, so pip never installs, upgrades or downgrades it; mmcv is no
+requirement at all (an environment has mmcv or mmcv-lite; ``dualformer_mm.compat`` says which
+to install when neither is importable).
 """
 import glob
 import importlib.util
@@ -26,13 +33,16 @@ from setuptools import find_packages, setup
 
 ROOT = osp.dirname(osp.abspath(__file__))
 CSRC = osp.join('dualformer_mm', 'ops', 'csrc')
+# The supported torch releases (dualformer_mm/compat.py: MIN_TORCH, MAX_TESTED_TORCH).
+MIN_TORCH, MAX_TORCH = (2, 1), (2, 15)
+TORCH_RANGE = '>=2.1,<2.16'
 
 
 def _load_cuda_config():
-    """``dualformer_mm/_cuda_arch.py`` loaded by its path: the package itself cannot be imported
-    before its dependencies (mmengine, mmcv) are installed."""
-    path = osp.join(ROOT, 'dualformer_mm', '_cuda_arch.py')
-    spec = importlib.util.spec_from_file_location('_dualformer_cuda_arch', path)
+    """``cuda_build.py`` beside this file, loaded by its path: a PEP 517 build does not always
+    put this folder on ``sys.path``."""
+    path = osp.join(ROOT, 'cuda_build.py')
+    spec = importlib.util.spec_from_file_location('dualformer_cuda_build', path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -48,26 +58,29 @@ def _log(msg: str) -> None:
 
 def _extensions() -> list:
     """The ``dualformer_mm._ext`` extension, with CUDA when the machine can build it."""
-    mode = os.environ.get('DUALFORMER_CUDA', 'auto').lower()
-    if mode not in ('auto', '1', '0'):
-        raise ValueError(f'DUALFORMER_CUDA must be auto, 1 or 0, got {mode!r}')
+    mode = cuda_config.read_mode(os.environ, cuda_config.EXT_CUDA_ENV)
     cuda_home = cuda_config.cuda_home() if mode != '0' else None
-    if cuda_home:
-        # torch.utils.cpp_extension reads CUDA_HOME once, when it is imported.
+    # torch itself, not torch.utils.cpp_extension, which reads CUDA_HOME once when imported.
+    try:
+        import torch
+    except ImportError as err:
+        raise RuntimeError(
+            f'dualformer_mm compiles against the installed torch, and none is importable '
+            f'({err}): install torch {TORCH_RANGE} first, then `pip install '
+            '--no-build-isolation .` (an isolated build would not see it)') from err
+    found = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2])
+    if not MIN_TORCH <= found <= MAX_TORCH:
+        raise RuntimeError(f'dualformer_mm supports torch {TORCH_RANGE}, found torch '
+                           f'{torch.__version__}: install a supported torch first (this build '
+                           'never changes the installed one)')
+    with_cuda, reason = cuda_config.extension_cuda_plan(
+        mode, torch.__version__, torch.version.cuda, cuda_home,
+        cuda_config.nvcc_version(cuda_home) if cuda_home else None)
+    if with_cuda:
         os.environ['CUDA_HOME'] = cuda_home
-    import torch
+    else:
+        _log(f'building the CPU kernels only: {reason}')
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
-
-    torch_cuda = torch.version.cuda is not None
-    with_cuda = bool(cuda_home) and torch_cuda
-    if mode == '1' and not with_cuda:
-        missing = 'a CUDA toolkit (nvcc with libcudart)' if not cuda_home else \
-            f'a CUDA-enabled torch (torch {torch.__version__} is CPU-only)'
-        raise RuntimeError(f'DUALFORMER_CUDA=1 but {missing} was not found')
-    if mode == 'auto' and not with_cuda:
-        _log('building the CPU kernels only: ' + (
-            'no CUDA toolkit (nvcc with libcudart) found' if not cuda_home else
-            f'torch {torch.__version__} is CPU-only'))
 
     sources = sorted(glob.glob(osp.join(CSRC, '*.cpp')) + glob.glob(osp.join(CSRC, 'cpu', '*.cpp')))
     # -fno-trapping-math: no kernel reads FP exception flags, and it lets GCC vectorise the
@@ -99,9 +112,22 @@ def _build_ext_class():
     return BuildExtension.with_options(use_ninja=True)
 
 
+TOOLBOXES = {
+    'mmpretrain': ['mmpretrain>=1.0,<1.3'],
+    'mmdet': ['mmdet>=3.0,<3.4'],
+    'mmseg': ['mmsegmentation>=1.0,<1.3', 'ftfy', 'regex'],
+}
+
 setup(
     name='dualformer_mm',
     version='0.1.0',
+    description='DualFormer (Dual Path Transformer with Partition Attention) for OpenMMLab 2.0',
+    python_requires='>=3.9',
+    # torch: installed before the build (checked above), so pip only confirms it. mmcv: not
+    # here (mmcv or mmcv-lite; dualformer_mm.compat.check_mmcv).
+    install_requires=[f'torch{TORCH_RANGE}', 'mmengine>=0.7.1,<1', 'numpy>=1.21,<3'],
+    extras_require=dict(TOOLBOXES, toolboxes=sorted({r for v in TOOLBOXES.values() for r in v}),
+                        tests=['pytest>=7', 'pytest-timeout>=2']),
     packages=find_packages(include=['dualformer_mm*']),
     ext_modules=_extensions(),
     cmdclass={'build_ext': _build_ext_class()},

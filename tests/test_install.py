@@ -1,8 +1,9 @@
-"""The install: the CUDA architecture rule, the mmcv flavour and its wheel cache key, the
-end-of-setup flavour check, ``tools/setup_env.sh --print-plan`` and the sdist.
+"""The install: the CUDA architecture rule and toolkit choice of ``cuda_build.py``, the mmcv
+flavour and its wheel cache key (``tools/install/mmcv_wheels.py``), the end-of-setup flavour
+check, ``tools/setup_env.sh --print-plan``, what ``setup.py`` decides, and the sdist.
 
-Nothing here compiles: the GPU cases of the rule get their torch queries passed in, and the
-script is run only in its planning mode.
+Nothing here compiles: the GPU cases of the rule get their torch queries passed in, toolkits
+are fakes that only answer ``nvcc --version``, and the script is run only in its planning mode.
 """
 import doctest
 import importlib.util
@@ -22,17 +23,17 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TORCH_ARCHS = ['sm_75', 'sm_80', 'sm_86', 'sm_90', 'sm_100', 'sm_120']
 
 
-def _load_by_path():
-    """``dualformer_mm/_cuda_arch.py`` as setup.py and setup_env.sh load it."""
-    spec = importlib.util.spec_from_file_location(
-        '_cuda_arch_under_test', osp.join(ROOT, 'dualformer_mm', '_cuda_arch.py'))
+def _load_by_path(name, rel):
+    """A build module as setup.py, setup_env.sh and gpu_check load it: by its file path."""
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, rel))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-arch = _load_by_path()
+arch = _load_by_path('dualformer_cuda_build', 'cuda_build.py')
+wheels = _load_by_path('_mmcv_wheels_under_test', osp.join('tools', 'install', 'mmcv_wheels.py'))
 
 
 # ----------------------------------------------------------------------------- the arch rule
@@ -82,7 +83,9 @@ def test_rule_queries_the_installed_torch_by_default():
 
 def test_docstring_examples():
     result = doctest.testmod(arch)
-    assert result.failed == 0 and result.attempted >= 8
+    assert result.failed == 0 and result.attempted >= 9
+    result = doctest.testmod(wheels)
+    assert result.failed == 0 and result.attempted >= 6
 
 
 def test_sm_names():
@@ -90,10 +93,11 @@ def test_sm_names():
         ['9.0', '10.0', '9.0a', None, None]
 
 
-def test_rule_module_loads_without_the_package_or_torch():
-    # setup.py runs before mmengine and mmcv exist: the module must not import them, nor
+@pytest.mark.parametrize('rel', ['cuda_build.py', osp.join('tools', 'install', 'mmcv_wheels.py')])
+def test_build_modules_load_without_the_package_or_torch(rel):
+    # setup.py runs before mmengine and mmcv exist: these modules must not import them, nor
     # dualformer_mm (whose __init__ needs both), nor torch at import time.
-    path = osp.join(ROOT, 'dualformer_mm', '_cuda_arch.py')
+    path = osp.join(ROOT, rel)
     code = ('import importlib.util, sys; '
             f'spec = importlib.util.spec_from_file_location("m", {path!r}); '
             'm = importlib.util.module_from_spec(spec); sys.modules["m"] = m; '
@@ -106,48 +110,123 @@ def test_rule_module_loads_without_the_package_or_torch():
     assert out.stdout.strip() == '[]'
 
 
-def test_setup_py_takes_the_rule_from_the_module():
-    text = open(osp.join(ROOT, 'setup.py')).read()
-    assert "'_cuda_arch.py'" in text and 'cuda_config.choose_archs()' in text
-    assert 'setdefault(\'TORCH_CUDA_ARCH_LIST\'' not in text
+# ------------------------------------------------------------- what setup.py decides
+
+def _fake_toolkit(root, release):
+    """A CUDA toolkit folder whose nvcc only answers ``--version`` with ``release``."""
+    for sub in ('bin', 'lib64', 'include'):
+        os.makedirs(root / sub, exist_ok=True)
+    nvcc = root / 'bin' / 'nvcc'
+    nvcc.write_text('#!/bin/sh\necho "Cuda compilation tools, release '
+                    f'{release}, V{release}.0"\n')
+    nvcc.chmod(0o755)
+    (root / 'lib64' / 'libcudart.so').write_bytes(b'')
+    (root / 'include' / 'cusparse.h').write_text('')
+    return str(root)
+
+
+def _setup_log(env):
+    """What ``python setup.py --name`` (no compile) says about the extension it would build."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ('CUDA_HOME', 'CUDA_PATH', 'TORCH_CUDA_ARCH_LIST', 'DUALFORMER_CUDA')}
+    # No nvcc of the machine's own: only the fake toolkit (or none) is seen.
+    environ['PATH'] = os.pathsep.join([osp.dirname(sys.executable), '/usr/bin', '/bin'])
+    environ.update(env)
+    return subprocess.run([sys.executable, 'setup.py', '--name'], cwd=ROOT, env=environ,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_setup_builds_cuda_only_with_a_cuda_torch_and_a_matching_nvcc(tmp_path):
+    major = int(torch.version.cuda.split('.')[0]) if torch.version.cuda else 12
+    matching = _fake_toolkit(tmp_path / 'match', f'{major}.0')
+    other = _fake_toolkit(tmp_path / 'other', f'{major + 1}.0')
+    out = _setup_log({'CUDA_HOME': matching})
+    assert out.returncode == 0, out.stderr[-2000:]
+    if torch.version.cuda is None:
+        assert f'building the CPU kernels only: torch {torch.__version__} is CPU-only' in \
+            out.stderr
+    else:
+        # The architectures are the rule's (the same function the mmcv plan uses).
+        assert (f'building CPU and CUDA kernels with CUDA_HOME={matching}, '
+                f'TORCH_CUDA_ARCH_LIST={arch.choose_archs({}).describe()}') in out.stderr
+    # Another CUDA major than torch's: CPU kernels and the reason, or an error when required.
+    out = _setup_log({'CUDA_HOME': other})
+    assert out.returncode == 0, out.stderr[-2000:]
+    if torch.version.cuda is not None:
+        assert (f'building the CPU kernels only: nvcc {major + 1}.0 at {other} does not match '
+                f'torch {torch.__version__} (CUDA {torch.version.cuda})') in out.stderr
+    required = _setup_log({'CUDA_HOME': other, 'DUALFORMER_CUDA': '1'})
+    assert required.returncode != 0
+    assert 'DUALFORMER_CUDA=1 but the CUDA kernels cannot be built: ' in required.stderr
+
+
+def test_setup_without_toolkit_or_asked_for_cpu_says_why():
+    out = _setup_log({})
+    assert out.returncode == 0, out.stderr[-2000:]
+    reason = (f'torch {torch.__version__} is CPU-only' if torch.version.cuda is None else
+              'no CUDA toolkit (nvcc with libcudart) found')
+    assert [line for line in out.stderr.splitlines() if 'building' in line] == \
+        [f'[dualformer_mm setup] building the CPU kernels only: {reason}']
+    assert out.stdout.strip().splitlines()[-1] == 'dualformer_mm'
+    off = _setup_log({'DUALFORMER_CUDA': '0'})
+    assert 'building the CPU kernels only: DUALFORMER_CUDA=0' in off.stderr
+    bad = _setup_log({'DUALFORMER_CUDA': 'yes'})
+    assert bad.returncode != 0
+    assert "DUALFORMER_CUDA must be one of auto, 1, 0, got 'yes'" in bad.stderr
+
+
+def test_extension_cuda_plan_cases():
+    plan = arch.extension_cuda_plan
+    assert plan('auto', '2.13.0+cu130', '13.0', '/cuda', '13.0') == \
+        (True, 'nvcc 13.0 at /cuda, torch 2.13.0+cu130 (CUDA 13.0)')
+    # Another minor of the same major is what torch's builder accepts (with a warning).
+    assert plan('auto', '2.1.2+cu121', '12.1', '/cuda', '12.4')[0]
+    assert plan('auto', '2.1.2+cu121', '12.1', '/cuda', '13.0') == \
+        (False, 'nvcc 13.0 at /cuda does not match torch 2.1.2+cu121 (CUDA 12.1)')
+    assert plan('auto', '2.1.2+cpu', None, '/cuda', '12.1') == \
+        (False, 'torch 2.1.2+cpu is CPU-only')
+    assert plan('0', '2.1.2+cu121', '12.1', '/cuda', '12.1') == (False, 'DUALFORMER_CUDA=0')
+    with pytest.raises(RuntimeError, match='DUALFORMER_CUDA=1 but the CUDA kernels cannot be '
+                       r'built: no CUDA toolkit \(nvcc with libcudart\) found'):
+        plan('1', '2.1.2+cu121', '12.1', None, None)
 
 
 # ------------------------------------------------------------------ flavour and cache key
 
 def test_flavour_follows_the_gpu_unless_asked():
-    cpu = arch.mmcv_plan('2.13.0', 'cp311', {}, [], '13.0', TORCH_ARCHS)
+    cpu = wheels.mmcv_plan('2.13.0', 'cp311', {}, [], '13.0', TORCH_ARCHS)
     assert (cpu.flavour, cpu.cache_key, cpu.archs) == ('cpu', 'torch-2.13.0-cp311-cpu', None)
     assert 'DUALFORMER_MMCV_CUDA=1' in cpu.reason
-    gpu = arch.mmcv_plan('2.13.0', 'cp311', {}, [(9, 0)], '13.0', TORCH_ARCHS)
+    gpu = wheels.mmcv_plan('2.13.0', 'cp311', {}, [(9, 0)], '13.0', TORCH_ARCHS)
     assert (gpu.flavour, gpu.cache_key) == ('cuda', 'torch-2.13.0-cp311-cuda13.0-9.0')
     # A login node building for its GPU nodes: every torch architecture.
-    login = arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1'}, [], '13.0',
+    login = wheels.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1'}, [], '13.0',
                            TORCH_ARCHS)
     assert login.flavour == 'cuda' and login.archs.source == 'torch'
     assert login.cache_key == 'torch-2.13.0-cp311-cuda13.0-7.5_8.0_8.6_9.0_10.0_12.0+PTX'
     # The user's list names the key too (sorted, so the order does not matter).
-    user = arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1',
+    user = wheels.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1',
                                               'TORCH_CUDA_ARCH_LIST': '9.0 8.0'}, [], '13.0')
     assert user.cache_key == 'torch-2.13.0-cp311-cuda13.0-8.0_9.0'
-    forced = arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '0'}, [(9, 0)], '13.0')
+    forced = wheels.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '0'}, [(9, 0)], '13.0')
     assert forced.flavour == 'cpu' and 'GPU is visible' in forced.reason
 
 
 def test_cpu_and_cuda_wheels_never_share_a_cache_folder():
-    keys = {arch.mmcv_plan('2.13.0', 'cp311', env, gpus, '13.0', TORCH_ARCHS).cache_key
+    keys = {wheels.mmcv_plan('2.13.0', 'cp311', env, gpus, '13.0', TORCH_ARCHS).cache_key
             for env, gpus in (({}, []), ({}, [(9, 0)]), ({}, [(8, 0)]),
                               ({'DUALFORMER_MMCV_CUDA': '1'}, []))}
     assert len(keys) == 4
     # Nor with the folder of the old layout (CPU wheels only), which the script migrates.
-    assert arch.legacy_cache_key('2.13.0', 'cp311') not in keys
+    assert wheels.legacy_cache_key('2.13.0', 'cp311') not in keys
 
 
 def test_flavour_errors_name_the_setting():
     with pytest.raises(ValueError, match=r"DUALFORMER_MMCV_CUDA must be one of auto, 1, 0, "
                        r"got 'yes'"):
-        arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': 'yes'}, [], '13.0')
+        wheels.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': 'yes'}, [], '13.0')
     with pytest.raises(ValueError, match='CPU-only'):
-        arch.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1'}, [], None, [])
+        wheels.mmcv_plan('2.13.0', 'cp311', {'DUALFORMER_MMCV_CUDA': '1'}, [], None, [])
 
 
 def _wheel(path, ext_bytes):
@@ -163,7 +242,7 @@ def test_wheel_flavour_reads_the_linked_libraries(tmp_path):
     cuda = _wheel(tmp_path / 'a.whl', elf + b'libc10.so\0libc10_cuda.so\0libcudart.so.13\0')
     cpu = _wheel(tmp_path / 'b.whl', elf + b'libc10.so\0libtorch_cpu.so\0')
     lite = _wheel(tmp_path / 'c.whl', None)
-    assert [arch.wheel_flavour(p) for p in (cuda, cpu, lite)] == ['cuda', 'cpu', 'lite']
+    assert [wheels.wheel_flavour(p) for p in (cuda, cpu, lite)] == ['cuda', 'cpu', 'lite']
 
 
 def test_cached_wheel_lookup_migrates_the_old_cpu_folder_once(tmp_path):
@@ -174,26 +253,26 @@ def test_cached_wheel_lookup_migrates_the_old_cpu_folder_once(tmp_path):
     args = ('torch-2.13.0-cp311', '2.1.0')
     cuda_key = 'torch-2.13.0-cp311-cuda13.0-9.0'
     # A CUDA plan never takes the old folder's (CPU) wheel: it builds.
-    assert arch.find_cached_wheel(str(tmp_path), cuda_key, 'cuda', *args) is None
+    assert wheels.find_cached_wheel(str(tmp_path), cuda_key, 'cuda', *args) is None
     messages = []
-    found = arch.find_cached_wheel(str(tmp_path), 'torch-2.13.0-cp311-cpu', 'cpu', *args,
+    found = wheels.find_cached_wheel(str(tmp_path), 'torch-2.13.0-cp311-cpu', 'cpu', *args,
                                    log=messages.append)
     assert found == str(tmp_path / 'torch-2.13.0-cp311-cpu' /
                         'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl')
     assert not legacy.exists() and len(messages) == 1 and 'moving' in messages[0]
-    assert arch.find_cached_wheel(str(tmp_path), 'torch-2.13.0-cp311-cpu', 'cpu', *args,
+    assert wheels.find_cached_wheel(str(tmp_path), 'torch-2.13.0-cp311-cpu', 'cpu', *args,
                                   log=messages.append) == found
     assert len(messages) == 1
     # A wheel of the wrong flavour in a folder is refused, not installed.
     (tmp_path / cuda_key).mkdir()
     _wheel(tmp_path / cuda_key / 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl', elf)
     with pytest.raises(ValueError, match='has cpu ops but sits in the cache folder of the cuda'):
-        arch.find_cached_wheel(str(tmp_path), cuda_key, 'cuda', *args)
+        wheels.find_cached_wheel(str(tmp_path), cuda_key, 'cuda', *args)
 
 
 def test_installed_mmcv_flavour_matches_its_own_report():
     mmcv = pytest.importorskip('mmcv')
-    flavours = arch.installed_flavours()
+    flavours = wheels.installed_flavours()
     assert flavours['mmcv'] == mmcv.__version__
     try:
         from mmcv.ops import get_compiling_cuda_version
@@ -206,20 +285,20 @@ def test_installed_mmcv_flavour_matches_its_own_report():
 
 def test_gpu_machine_with_cpu_only_ops_fails_setup():
     cpu_mmcv = dict(mmcv='2.1.0', mmcv_cuda=None, ext_cuda='yes', gpus='H200 (sm_90)')
-    lines, errors = arch.check_install(cpu_mmcv, {})
+    lines, errors = wheels.check_install(cpu_mmcv, {})
     assert lines[0] == 'mmcv 2.1.0: CPU-only ops'
     assert len(errors) == 1 and 'mmcv has no CUDA ops' in errors[0] and 'RoIAlign' in errors[0]
     # Asked for explicitly, it is reported but accepted.
-    assert arch.check_install(cpu_mmcv, {'DUALFORMER_MMCV_CUDA': '0'})[1] == []
+    assert wheels.check_install(cpu_mmcv, {'DUALFORMER_MMCV_CUDA': '0'})[1] == []
     no_ext = dict(cpu_mmcv, mmcv_cuda='13.0', ext_cuda='no')
-    lines, errors = arch.check_install(no_ext, {})
+    lines, errors = wheels.check_install(no_ext, {})
     assert lines[:2] == ['mmcv 2.1.0: CUDA ops (compiled with CUDA 13.0)',
                          'dualformer_mm._ext: CPU kernels only']
     assert len(errors) == 1 and 'dualformer_mm._ext has no CUDA kernels' in errors[0]
     good = dict(no_ext, ext_cuda='yes')
-    assert arch.check_install(good, {})[1] == []
+    assert wheels.check_install(good, {})[1] == []
     # Without a GPU, CPU-only builds are what was asked for.
-    assert arch.check_install(dict(cpu_mmcv, ext_cuda='no', gpus=''), {})[1] == []
+    assert wheels.check_install(dict(cpu_mmcv, ext_cuda='no', gpus=''), {})[1] == []
 
 
 # ------------------------------------------------------------------------ setup_env.sh
@@ -312,7 +391,7 @@ def test_sdist_holds_every_source_the_extension_needs(tmp_path):
                     for f in files if f.endswith(('.h', '.cpp', '.cu', '.cuh')))
     assert any(n.endswith('.cu') for n in needed) and any(
         n.startswith(osp.join(csrc, 'cpu')) and n.endswith('.h') for n in needed)
-    missing = [n for n in needed + ['setup.py', 'dualformer_mm/_cuda_arch.py'] if n not in names]
+    missing = [n for n in needed + ['setup.py', 'cuda_build.py'] if n not in names]
     assert not missing, f'the sdist lacks {missing}'
     # Every quoted #include of every source resolves inside the sdist.
     unresolved = [(p, t) for p, text in members.items() for t in _include_targets(p, text)

@@ -178,10 +178,11 @@ def _has_distribution(name: str) -> bool:
 
 
 def _load_cuda_arch():
-    """``dualformer_mm/_cuda_arch.py`` by its path, as setup.py loads it: the environment step
-    must report even where ``import dualformer_mm`` fails (no mmcv, a broken build)."""
+    """``tools/install/mmcv_wheels.py`` (the install's flavour reading) by its path: the
+    environment step must report even where ``import dualformer_mm`` fails (no mmcv, a broken
+    build)."""
     spec = importlib.util.spec_from_file_location(
-        '_dualformer_cuda_arch', osp.join(ROOT, 'dualformer_mm', '_cuda_arch.py'))
+        '_dualformer_mmcv_wheels', osp.join(ROOT, 'tools', 'install', 'mmcv_wheels.py'))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

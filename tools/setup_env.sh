@@ -11,7 +11,8 @@
 # repo. Its flavour follows the machine: the CUDA ops when a GPU is visible
 # (torch.cuda.is_available()), the CPU ops otherwise. DUALFORMER_MMCV_CUDA=1 builds the CUDA
 # flavour without a GPU (a login node building for its GPU nodes), =0 the CPU flavour anyway.
-# Architectures follow one rule for mmcv and dualformer_mm._ext (dualformer_mm/_cuda_arch.py):
+# Architectures follow one rule for mmcv and dualformer_mm._ext (cuda_build.py, read by setup.py
+# and by tools/install/mmcv_wheels.py, which plans the mmcv wheel):
 # TORCH_CUDA_ARCH_LIST if set, else the visible GPU, else all of torch's with PTX for the newest.
 # The cache folder is named after torch, Python, the flavour, CUDA and the architectures, so a
 # second run takes seconds and a CPU wheel is never reused for a CUDA build.
@@ -28,7 +29,7 @@ VENV="${VENV:-$ROOT/.venv}"
 STACK="$ROOT/requirements/stack.txt"
 CACHE_ROOT="${DUALFORMER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dualformer-mm}"
 UV_VERSION="0.13.9"
-CUDA_TOOL="$ROOT/dualformer_mm/_cuda_arch.py"  # stdlib + torch only: runs before mmcv exists
+WHEEL_TOOL="$ROOT/tools/install/mmcv_wheels.py"  # stdlib + torch only: runs before mmcv exists
 
 MODE=install
 case "${1:-}" in
@@ -53,7 +54,7 @@ VPY="$VENV/bin/python"
 # (The cache key names the venv's torch version and Python tag.)
 read_plan() {
     local assignments
-    assignments="$("$VPY" "$CUDA_TOOL" mmcv-plan)"
+    assignments="$("$VPY" "$WHEEL_TOOL" mmcv-plan)"
     eval "$assignments"
     WHEELS="$CACHE_ROOT/wheels/$MMCV_CACHE_KEY"
 }
@@ -99,12 +100,12 @@ log "installing torch $TORCH, torchvision and mmengine"
 read_plan
 print_plan
 
-wheel_flavour() { "$VPY" "$CUDA_TOOL" wheel-flavour "$1"; }
+wheel_flavour() { "$VPY" "$WHEEL_TOOL" wheel-flavour "$1"; }
 find_wheel() { ls "$1"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true; }
 
 # The cached wheel of this plan, checked against its flavour; a CPU wheel of the cache layout
-# before flavours were keyed is moved into its new folder once (see _cuda_arch.find_cached_wheel).
-MMCV_WHEEL="$("$VPY" "$CUDA_TOOL" find-wheel --wheels-root "$CACHE_ROOT/wheels" \
+# before flavours were keyed is moved into its new folder once (see mmcv_wheels.find_cached_wheel).
+MMCV_WHEEL="$("$VPY" "$WHEEL_TOOL" find-wheel --wheels-root "$CACHE_ROOT/wheels" \
     --key "$MMCV_CACHE_KEY" --legacy-key "$MMCV_LEGACY_CACHE_KEY" --flavour "$MMCV_FLAVOUR" \
     --mmcv-version "$MMCV_VERSION")"
 mkdir -p "$WHEELS"
@@ -174,7 +175,7 @@ MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${UV[@]}" -q --no-build-isolation \
     --reinstall-package dualformer_mm -e "$ROOT"
 
 # Which flavour each compiled package ended with; a visible GPU with CPU-only ops fails here.
-"$VPY" "$CUDA_TOOL" check-install
+"$VPY" "$WHEEL_TOOL" check-install
 
 "$VPY" - <<'PY'
 import torch, torchvision, mmengine, mmcv, mmcv.ops, mmdet, mmseg, mmpretrain, dualformer_mm

@@ -1,194 +1,65 @@
 # Copyright (c) dualformer-mm contributors.
-"""How CUDA code is built here: one rule for mmcv's ops and for ``dualformer_mm._ext``.
+"""The mmcv wheel of our own install (``tools/setup_env.sh``): flavour, cache, check.
 
-``setup.py`` (our extension) and ``tools/setup_env.sh`` (the mmcv wheel) both load this file by
-its path, before the package can be imported (``dualformer_mm/__init__.py`` needs mmengine and
-mmcv), so it imports only the standard library at module level; torch is imported inside the
-functions that query it, and every query can be passed in instead, which is how the tests
-cover the GPU cases on a machine without one.
-
-The architecture rule (:func:`choose_archs`), the value of ``TORCH_CUDA_ARCH_LIST``:
-
-1. ``TORCH_CUDA_ARCH_LIST`` set by the user wins, unchanged.
-2. Else, with a CUDA GPU visible, the architectures of the visible GPUs (a GPU newer than the
-   newest architecture of the installed torch gets that newest one with PTX, which its driver
-   compiles at load time).
-3. Else every architecture of the installed torch (``torch.cuda.get_arch_list()``), with PTX
-   for the newest, so GPUs newer than all of them can still JIT-compile the kernels.
+mmcv exists only as source for the torch we pin, so ``tools/setup_env.sh`` builds its wheel
+and caches it outside the repository. This module decides the flavour and the cache folder,
+finds a cached wheel (moving one of the earlier cache layout once), reads a wheel's flavour
+from its libraries, and checks at the end of the install what each compiled package ended
+with. The CUDA architectures follow the rule ``setup.py`` builds ``dualformer_mm._ext`` with
+(``cuda_build.py`` beside it, loaded here by its path); like that file, this one imports only
+the standard library at module level, because it runs before mmcv exists.
 
 The mmcv flavour (:func:`mmcv_plan`): CUDA when a GPU is visible, or when
 ``DUALFORMER_MMCV_CUDA=1`` asks for it (a login node building for its GPU nodes); CPU
-otherwise, or when ``DUALFORMER_MMCV_CUDA=0``. The wheel cache folder is named after the
-flavour and the architectures (:func:`cache_key`), so a CPU wheel is never found by a CUDA
-build.
+otherwise, or when ``DUALFORMER_MMCV_CUDA=0``. The wheel cache folder is named after torch,
+Python, the flavour and the architectures (:func:`cache_key`), so a CPU wheel is never found by
+a CUDA build.
 
 Command line (used by ``tools/setup_env.sh``; every command prints shell assignments or one
-word):
+line):
 
-    python dualformer_mm/_cuda_arch.py archs          # TORCH_CUDA_ARCH_LIST and its source
-    python dualformer_mm/_cuda_arch.py mmcv-plan      # flavour, archs, cache key of mmcv
-    python dualformer_mm/_cuda_arch.py find-wheel --wheels-root ~/.cache/dualformer-mm/wheels \
+    python tools/install/mmcv_wheels.py mmcv-plan     # flavour, archs, cache key of mmcv
+    python tools/install/mmcv_wheels.py find-wheel --wheels-root ~/.cache/dualformer-mm/wheels \
         --key torch-2.13.0-cp311-cpu --legacy-key torch-2.13.0-cp311 --flavour cpu \
         --mmcv-version 2.1.0                          # the cached wheel, or an empty line
-    python dualformer_mm/_cuda_arch.py wheel-flavour dist/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl
-    python dualformer_mm/_cuda_arch.py check-install  # flavours of mmcv and our extension
+    python tools/install/mmcv_wheels.py wheel-flavour dist/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl
+    python tools/install/mmcv_wheels.py check-install # flavours of mmcv and our extension
 
 Example:
-    >>> choose_archs(environ={}, gpu_capabilities=[], torch_arch_list=['sm_80', 'sm_90'])
-    ArchChoice(archs='8.0;9.0+PTX', source='torch')
+    >>> cache_key('2.1.2', 'cp39', 'cpu')
+    'torch-2.1.2-cp39-cpu'
 """
 import argparse
 import glob
+import importlib.util
 import os
 import os.path as osp
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-ARCH_ENV = 'TORCH_CUDA_ARCH_LIST'
-MMCV_CUDA_ENV = 'DUALFORMER_MMCV_CUDA'
-EXT_CUDA_ENV = 'DUALFORMER_CUDA'
-MODES = ('auto', '1', '0')
-
-# One entry of TORCH_CUDA_ARCH_LIST: '9.0', '9.0a', '12.0+PTX', or one of torch's named
-# families ('Hopper', 'Ampere+Tegra', ...), which torch expands itself.
-_ARCH_TOKEN = re.compile(r'^(\d+\.\d+[af]?|[A-Z][a-z]+(\+[A-Z][a-z]+)?)(\+PTX)?$')
-_SM_NAME = re.compile(r'^sm_(\d+)(\d)([af]?)$')
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-@dataclass(frozen=True)
-class ArchChoice:
-    """A value for ``TORCH_CUDA_ARCH_LIST`` and which case of the rule chose it.
-
-    Attributes:
-        archs (str): ``;``-separated architectures, e.g. ``'9.0'`` or ``'8.0;9.0+PTX'``.
-        source (str): ``'user'`` (``TORCH_CUDA_ARCH_LIST`` was set), ``'gpu'`` (the visible
-            GPUs) or ``'torch'`` (every architecture of the installed torch).
-    """
-
-    archs: str
-    source: str
-
-    def describe(self) -> str:
-        """One line for a build log, e.g. ``9.0 (the visible GPU)``."""
-        why = {'user': f'{ARCH_ENV} as set by the user', 'gpu': 'the visible GPU(s)',
-               'torch': 'every architecture of the installed torch, PTX for the newest'}
-        return f'{self.archs} ({why[self.source]})'
+def _load_cuda_build():
+    """``cuda_build.py`` of the repository root, by its path (it is no installed module)."""
+    name = 'dualformer_cuda_build'
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'cuda_build.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-def sm_to_arch(name: str) -> Optional[str]:
-    """``torch.cuda.get_arch_list()`` entry to ``TORCH_CUDA_ARCH_LIST`` form.
-
-    Args:
-        name (str): ``'sm_90'``, ``'sm_100'``, ``'sm_90a'`` or ``'compute_90'``.
-
-    Returns:
-        Optional[str]: ``'9.0'``, ``'10.0'``, ``'9.0a'``; None for a ``compute_`` (PTX-only)
-        entry, which names no GPU code.
-
-    Example:
-        >>> sm_to_arch('sm_120'), sm_to_arch('compute_90')
-        ('12.0', None)
-    """
-    match = _SM_NAME.match(name)
-    if not match:
-        return None
-    return f'{int(match.group(1))}.{match.group(2)}{match.group(3)}'
-
-
-def _arch_key(arch: str) -> Tuple[int, int]:
-    major, minor = re.match(r'(\d+)\.(\d+)', arch).groups()
-    return int(major), int(minor)
-
-
-def _query_gpu_capabilities() -> List[Tuple[int, int]]:
-    import torch
-    if not torch.cuda.is_available():
-        return []
-    return [tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
-
-
-def _query_torch_arch_list() -> List[str]:
-    import torch
-    return list(torch.cuda.get_arch_list())
-
-
-def check_arch_list(value: str) -> List[str]:
-    """The entries of a ``TORCH_CUDA_ARCH_LIST`` value, or a ValueError naming the bad one.
-
-    Args:
-        value (str): Entries separated by ``;`` or spaces.
-
-    Returns:
-        List[str]: The entries in the given order.
-
-    Example:
-        >>> check_arch_list('8.0; 9.0+PTX')
-        ['8.0', '9.0+PTX']
-    """
-    tokens = [t for t in re.split(r'[;\s]+', value.strip()) if t]
-    bad = [t for t in tokens if not _ARCH_TOKEN.match(t)]
-    if not tokens or bad:
-        raise ValueError(f'{ARCH_ENV}={value!r}: {bad or "no entry"} is not an architecture; '
-                         "accepted: entries like '8.0', '9.0a', '12.0+PTX' or torch's family "
-                         "names ('Hopper', 'Ampere+PTX'), separated by ';' or spaces")
-    return tokens
-
-
-def choose_archs(environ: Optional[Mapping[str, str]] = None,
-                 gpu_capabilities: Optional[Sequence[Tuple[int, int]]] = None,
-                 torch_arch_list: Optional[Sequence[str]] = None) -> Optional[ArchChoice]:
-    """The CUDA architectures to compile for (the rule of the module docstring).
-
-    Args:
-        environ (Mapping[str, str], optional): Environment; ``os.environ`` when None.
-        gpu_capabilities (Sequence[Tuple[int, int]], optional): Compute capabilities of the
-            visible GPUs, e.g. ``[(9, 0)]``; asked from torch when None.
-        torch_arch_list (Sequence[str], optional): ``torch.cuda.get_arch_list()``; asked from
-            torch when None.
-
-    Returns:
-        Optional[ArchChoice]: None when nothing can be chosen: no user list, no GPU and a
-        torch without CUDA architectures (a CPU-only torch).
-
-    Example:
-        >>> choose_archs({'TORCH_CUDA_ARCH_LIST': '9.0'}, [(8, 6)], ['sm_80'])
-        ArchChoice(archs='9.0', source='user')
-        >>> choose_archs({}, [(8, 6), (8, 6)], ['sm_80', 'sm_86', 'sm_90'])
-        ArchChoice(archs='8.6', source='gpu')
-    """
-    environ = os.environ if environ is None else environ
-    user = environ.get(ARCH_ENV, '').strip()
-    if user:
-        check_arch_list(user)
-        return ArchChoice(user, 'user')
-    if gpu_capabilities is None:
-        gpu_capabilities = _query_gpu_capabilities()
-    if torch_arch_list is None:
-        torch_arch_list = _query_torch_arch_list()
-    torch_archs = sorted({a for a in map(sm_to_arch, torch_arch_list) if a}, key=_arch_key)
-    # Newest architecture without an 'a'/'f' suffix: only plain PTX runs on newer GPUs.
-    portable = [a for a in torch_archs if a[-1].isdigit()]
-    newest = portable[-1] if portable else None
-    if gpu_capabilities:
-        archs = []
-        for major, minor in sorted(set(map(tuple, gpu_capabilities))):
-            arch = f'{major}.{minor}'
-            if newest and _arch_key(arch) > _arch_key(newest):
-                # The toolkit that matches this torch may not know the GPU: torch's newest
-                # architecture with PTX runs on it through the driver's JIT.
-                arch = f'{newest}+PTX'
-            if arch not in archs:
-                archs.append(arch)
-        return ArchChoice(';'.join(archs), 'gpu')
-    if not torch_archs:
-        return None
-    return ArchChoice(';'.join(a + '+PTX' if a == newest else a for a in torch_archs), 'torch')
+cuda_build = _load_cuda_build()
+ArchChoice = cuda_build.ArchChoice
+MMCV_CUDA_ENV = cuda_build.MMCV_CUDA_ENV
+EXT_CUDA_ENV = cuda_build.EXT_CUDA_ENV
 
 
 def cache_key(torch_version: str, python_tag: str, flavour: str,
@@ -217,8 +88,8 @@ def cache_key(torch_version: str, python_tag: str, flavour: str,
     if flavour != 'cuda' or not cuda_version or not archs:
         raise ValueError(f"flavour must be 'cpu', or 'cuda' with cuda_version and archs; got "
                          f'{flavour!r}, {cuda_version!r}, {archs!r}')
-    tokens = sorted(set(check_arch_list(archs)),
-                    key=lambda t: (_arch_key(t) if t[0].isdigit() else (999, 0), t))
+    tokens = sorted(set(cuda_build.check_arch_list(archs)),
+                    key=lambda t: (cuda_build.arch_key(t) if t[0].isdigit() else (999, 0), t))
     return f'{base}-cuda{cuda_version}-' + '_'.join(tokens)
 
 
@@ -238,19 +109,16 @@ class MmcvPlan:
         reason (str): Why this flavour, for the log.
         cache_key (str): Folder of the wheel cache (see :func:`cache_key`).
         archs (ArchChoice, optional): The architectures, for ``'cuda'``.
+
+    Example:
+        >>> MmcvPlan('cpu', 'no GPU', 'torch-2.1.2-cp39-cpu').archs is None
+        True
     """
 
     flavour: str
     reason: str
     cache_key: str
     archs: Optional[ArchChoice] = None
-
-
-def _mode(environ: Mapping[str, str], name: str) -> str:
-    mode = environ.get(name, 'auto').strip().lower() or 'auto'
-    if mode not in MODES:
-        raise ValueError(f'{name} must be one of {", ".join(MODES)}, got {environ[name]!r}')
-    return mode
 
 
 def mmcv_plan(torch_version: str, python_tag: str, environ: Optional[Mapping[str, str]] = None,
@@ -285,9 +153,9 @@ def mmcv_plan(torch_version: str, python_tag: str, environ: Optional[Mapping[str
         'torch-2.13.0-cp311-cuda13.0-9.0'
     """
     environ = os.environ if environ is None else environ
-    mode = _mode(environ, MMCV_CUDA_ENV)
+    mode = cuda_build.read_mode(environ, MMCV_CUDA_ENV)
     if gpu_capabilities is None:
-        gpu_capabilities = _query_gpu_capabilities() if mode != '0' else []
+        gpu_capabilities = cuda_build.query_gpu_capabilities() if mode != '0' else []
     if torch_cuda == '':
         import torch
         torch_cuda = torch.version.cuda
@@ -305,99 +173,12 @@ def mmcv_plan(torch_version: str, python_tag: str, environ: Optional[Mapping[str
         raise ValueError(f'the CUDA flavour of mmcv is wanted ({why}) but torch '
                          f'{torch_version} is CPU-only; install a CUDA build of torch or set '
                          f'{MMCV_CUDA_ENV}=0')
-    archs = choose_archs(environ, gpu_capabilities, torch_arch_list)
+    archs = cuda_build.choose_archs(environ, gpu_capabilities, torch_arch_list)
     if archs is None:
         raise ValueError(f'the CUDA flavour of mmcv is wanted ({why}) but torch lists no CUDA '
-                         f'architecture; set {ARCH_ENV}')
+                         f'architecture; set {cuda_build.ARCH_ENV}')
     return MmcvPlan('cuda', why, cache_key(torch_version, python_tag, 'cuda', torch_cuda,
                                            archs.archs), archs)
-
-
-# ---------------------------------------------------------------------------------------------
-# The CUDA toolkit (the compiler side; shared by both builds)
-
-
-def _log(msg: str) -> None:
-    print(f'[dualformer_mm cuda] {msg}', file=sys.stderr)
-
-
-def _has_cudart(home: str) -> bool:
-    """Whether ``home`` is a toolkit folder that holds the CUDA runtime to link against."""
-    patterns = ('lib64/libcudart*', 'lib/libcudart*', 'targets/*/lib/libcudart*')
-    return any(glob.glob(osp.join(home, p)) for p in patterns)
-
-
-def _nvcc_home(nvcc: str) -> Optional[str]:
-    """The toolkit folder of ``nvcc``, asked from nvcc itself.
-
-    ``nvcc`` on PATH may be a wrapper script (``exec /usr/local/cuda-X/bin/nvcc``), so its own
-    location says nothing; its dry run prints the real bin folder as ``_HERE_``.
-    """
-    try:
-        # A dry run of a compile prints nvcc's environment (a dry `--version` does not).
-        out = subprocess.run([nvcc, '-dryrun', '-c', '-x', 'cu', os.devnull, '-o', os.devnull],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as err:
-        _log(f'cannot run {nvcc}: {err}')
-        return None
-    for line in (out.stdout + out.stderr).splitlines():
-        if line.startswith('#$ _HERE_='):
-            return osp.dirname(osp.realpath(line.split('=', 1)[1].strip()))
-    return osp.dirname(osp.dirname(osp.realpath(nvcc)))
-
-
-def cuda_home(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """A CUDA toolkit folder holding both ``bin/nvcc`` and the runtime library, or None.
-
-    ``CUDA_HOME``/``CUDA_PATH`` win when they are valid. Otherwise the toolkit is the one of the
-    ``nvcc`` on PATH, found through nvcc's dry run (torch guesses the parent of the PATH entry,
-    which fails to link ``-lcudart`` when nvcc is a wrapper outside the toolkit).
-
-    Example:
-        >>> home = cuda_home()  # e.g. '/usr/local/cuda-13.0', or None without nvcc
-    """
-    environ = os.environ if environ is None else environ
-    for var in ('CUDA_HOME', 'CUDA_PATH'):
-        home = environ.get(var)
-        if home and osp.isfile(osp.join(home, 'bin', 'nvcc')) and _has_cudart(home):
-            return home
-        if home:
-            _log(f'ignoring {var}={home}: no bin/nvcc or libcudart there')
-    nvcc = shutil.which('nvcc', path=environ.get('PATH'))
-    if nvcc is None:
-        return None
-    home = _nvcc_home(nvcc)
-    if home and osp.isfile(osp.join(home, 'bin', 'nvcc')) and _has_cudart(home):
-        return home
-    _log(f'found {nvcc} but no toolkit with libcudart next to it (tried {home})')
-    return None
-
-
-def extra_cuda_includes(home: str) -> List[str]:
-    """Header folders that torch's CUDA headers need and the toolkit at ``home`` lacks.
-
-    Toolkits installed without the math libraries have no ``cusparse.h``, which
-    ``ATen/cuda/CUDAContext.h`` includes; the ``nvidia-*`` wheels torch depends on ship it
-    under ``site-packages/nvidia/<pkg>/include`` (``nvidia/cu13/include`` for CUDA 13).
-
-    Raises:
-        RuntimeError: Neither the toolkit nor an nvidia wheel has the header.
-    """
-    if glob.glob(osp.join(home, 'include', 'cusparse.h')) or \
-            glob.glob(osp.join(home, 'targets', '*', 'include', 'cusparse.h')):
-        return []
-    import importlib.util
-    spec = importlib.util.find_spec('nvidia')
-    roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations \
-        else []
-    found = sorted({osp.dirname(h) for r in roots
-                    for h in glob.glob(osp.join(r, '*', 'include', 'cusparse.h'))})
-    if not found:
-        raise RuntimeError(f'cusparse.h is neither in the CUDA toolkit {home} nor in an '
-                           "nvidia-* wheel of site-packages; torch's CUDA headers need it. "
-                           'Install the toolkit\'s cusparse headers, or build without CUDA '
-                           f'({EXT_CUDA_ENV}=0 / {MMCV_CUDA_ENV}=0).')
-    return found[:1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +190,12 @@ CUDA_LIBRARIES = (b'libcudart.so', b'libc10_cuda.so', b'libtorch_cuda.so')
 
 
 def library_has_cuda(data: bytes) -> bool:
-    """Whether a compiled extension's bytes name a CUDA library (its ELF ``NEEDED`` entries)."""
+    """Whether a compiled extension's bytes name a CUDA library (its ELF ``NEEDED`` entries).
+
+    Example:
+        >>> library_has_cuda(b'libc10.so\\0libc10_cuda.so\\0'), library_has_cuda(b'libc10.so')
+        (True, False)
+    """
     return any(name in data for name in CUDA_LIBRARIES)
 
 
@@ -427,6 +213,10 @@ def wheel_flavour(path: str) -> str:
         if not exts:
             return 'lite'
         return 'cuda' if library_has_cuda(whl.read(exts[0])) else 'cpu'
+
+
+def _log(msg: str) -> None:
+    print(f'[setup] {msg}', file=sys.stderr)
 
 
 def find_cached_wheel(wheels_root: str, plan_key: str, flavour: str, legacy_key: str,
@@ -551,13 +341,13 @@ def check_install(flavours: Mapping[str, Optional[str]],
     lines = [mmcv_line, ext_line, f'visible GPUs: {gpus or "none"}']
     errors = []
     if gpus:
-        if mmcv_cuda in (None, 'lite') and _mode(environ, MMCV_CUDA_ENV) != '0':
+        if mmcv_cuda in (None, 'lite') and cuda_build.read_mode(environ, MMCV_CUDA_ENV) != '0':
             errors.append(f'a CUDA GPU is visible ({gpus}) but mmcv has no CUDA ops, so '
                           'RoIAlign, NMS and the other mmcv ops of detection cannot run on it. '
                           'Its wheel was built without CUDA: remove the CPU wheel from the '
                           'cache if one was copied in, check that nvcc matches torch.version.'
                           f'cuda, and rerun; {MMCV_CUDA_ENV}=0 accepts CPU-only ops')
-        if ext_cuda != 'yes' and _mode(environ, EXT_CUDA_ENV) != '0':
+        if ext_cuda != 'yes' and cuda_build.read_mode(environ, EXT_CUDA_ENV) != '0':
             errors.append(f'a CUDA GPU is visible ({gpus}) but dualformer_mm._ext has no CUDA '
                           'kernels (no nvcc with libcudart was found when it was built), so '
                           'the partition ops run their slower PyTorch reference on the GPU; '
@@ -569,20 +359,8 @@ def check_install(flavours: Mapping[str, Optional[str]],
 # Command line for tools/setup_env.sh
 
 
-def _assignments(values: Mapping[str, Optional[str]]) -> str:
-    return '\n'.join(f'{k}={shlex.quote(v or "")}' for k, v in values.items())
-
-
-def _cmd_archs(args: argparse.Namespace) -> int:
-    choice = choose_archs()
-    print(_assignments({'ARCHS': choice.archs if choice else '',
-                        'ARCH_SOURCE': choice.source if choice else '',
-                        'ARCH_DESCRIPTION': choice.describe() if choice else 'none'}))
-    return 0
-
-
 def _cmd_mmcv_plan(args: argparse.Namespace) -> int:
-    _mode(os.environ, MMCV_CUDA_ENV)  # a bad value is reported before torch is imported
+    cuda_build.read_mode(os.environ, MMCV_CUDA_ENV)  # a bad value is reported before torch
     if args.torch_version is None:
         import torch
         args.torch_version = torch.__version__.split('+')[0]
@@ -595,22 +373,21 @@ def _cmd_mmcv_plan(args: argparse.Namespace) -> int:
               'MMCV_ARCH_DESCRIPTION': plan.archs.describe() if plan.archs else '',
               'MMCV_CUDA_HOME': '', 'MMCV_CUDA_INCLUDES': ''}
     if plan.flavour == 'cuda' and not args.no_toolkit:
-        home = cuda_home()
+        home = cuda_build.cuda_home()
         if home is None:
             raise ValueError(f'the CUDA flavour of mmcv is wanted ({plan.reason}) but no CUDA '
                              'toolkit (nvcc with libcudart) was found; install the toolkit '
                              "that matches torch.version.cuda, or set "
                              f'{MMCV_CUDA_ENV}=0 to build the CPU flavour')
         values['MMCV_CUDA_HOME'] = home
-        values['MMCV_CUDA_INCLUDES'] = ':'.join(extra_cuda_includes(home))
-    print(_assignments(values))
+        values['MMCV_CUDA_INCLUDES'] = ':'.join(cuda_build.extra_cuda_includes(home))
+    print(cuda_build.assignments(values))
     return 0
 
 
 def _cmd_find_wheel(args: argparse.Namespace) -> int:
     path = find_cached_wheel(args.wheels_root, args.key, args.flavour, args.legacy_key,
-                             args.mmcv_version, log=lambda m: print(f'[setup] {m}',
-                                                                    file=sys.stderr))
+                             args.mmcv_version)
     print(path or '')
     return 0
 
@@ -630,10 +407,9 @@ def _cmd_check_install(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line entry; prints shell assignments (``KEY='value'``) or one word."""
+    """Command line entry; prints shell assignments (``KEY='value'``) or one line."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
-    sub.add_parser('archs', help='TORCH_CUDA_ARCH_LIST chosen by the rule')
     plan = sub.add_parser('mmcv-plan', help='flavour, architectures and cache key of mmcv')
     plan.add_argument('--torch-version', help="torch's version without local part (default: "
                       'the installed one)')
@@ -649,9 +425,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub.add_parser('check-install', help='flavours of the installed mmcv and dualformer_mm._ext')
     args = parser.parse_args(argv)
     commands: Dict[str, Callable[[argparse.Namespace], int]] = {
-        'archs': _cmd_archs, 'mmcv-plan': _cmd_mmcv_plan, 'find-wheel': _cmd_find_wheel,
-        'wheel-flavour': _cmd_wheel_flavour,
-        'check-install': _cmd_check_install}
+        'mmcv-plan': _cmd_mmcv_plan, 'find-wheel': _cmd_find_wheel,
+        'wheel-flavour': _cmd_wheel_flavour, 'check-install': _cmd_check_install}
     try:
         return commands[args.command](args)
     except (ValueError, RuntimeError) as err:
@@ -660,8 +435,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    # Run as a script, this file's folder is sys.path[0]; its subpackages (models, ops,
-    # utils) must not shadow top-level modules of the same names.
-    if sys.path and osp.abspath(sys.path[0]) == osp.dirname(osp.abspath(__file__)):
-        del sys.path[0]
     sys.exit(main())

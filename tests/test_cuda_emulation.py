@@ -73,7 +73,8 @@ def test_lsh_pack_equals_reference_hash(emulated, bits, tokens):
     assert torch.equal(codes, ref.lsh_hash_pytorch(x, planes))
 
 
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=str)
 def test_lsh_pack_signs(emulated, dtype):
     # Zeros and -0.0 count as positive, NaN as negative, -1e-50 (float64) as negative although
     # it rounds to -0.0 in float32; the kernel compares in the projection's own precision.
@@ -138,7 +139,7 @@ def test_forward_backward_match_reference(emulated, shape, dtype, rtol, atol):
 
 
 @pytest.mark.parametrize('shape', SHAPES[:2], ids=lambda s: 'x'.join(map(str, s)))
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16], ids=str)
 def test_stats_layout(lib, emulated, shape, dtype):
     # stats (2, G, K, D) as the backward ops read them. Softmax pooling: log-sum-exp (-inf for
     # an empty partition) and the unrounded pooled features; per-token softmax: the maximum

@@ -13,9 +13,21 @@ runs:
   counts matmul-like, convolution, norm and a few pooling ops), just as it counts no FLOP for
   the softmax of ordinary attention.
 
-They are added to mmengine's default table at import, so every ``FlopAnalyzer`` (including
-``dualformer_mm.utils.count_complexity``) counts the ops; ``FLOP_HANDLES`` can also be passed
-explicitly with ``FlopAnalyzer(...).set_op_handle(**FLOP_HANDLES)``.
+Two ways in, because mmengine has a public API for one caller and none for the other:
+
+* A caller that builds its own ``FlopAnalyzer`` passes the handles through mmengine's public
+  ``FlopAnalyzer(model, inputs).set_op_handle(**FLOP_HANDLES)`` (or
+  ``mmengine.analysis.flop_count(model, inputs, supported_ops=FLOP_HANDLES)``), as
+  ``dualformer_mm.utils.count_complexity`` (and so ``tools/analysis/get_flops.py``) does.
+* ``mmengine.analysis.get_model_complexity_info`` (which mmdet 3.3's
+  ``tools/analysis_tools/get_flops.py`` calls) builds its analyzer inside and takes no
+  handles, and code we do not control may build a plain ``FlopAnalyzer(model, inputs)``. For
+  those callers :func:`register_flop_handles` adds the handles to the table every new
+  ``FlopAnalyzer`` starts from, ``mmengine.analysis.complexity_analysis
+  ._DEFAULT_SUPPORTED_FLOP_OPS``: a private name of mmengine 0.10, which has no public registry
+  of default handles. ``import dualformer_mm`` calls it (``docs/reliability.md`` lists what the
+  import changes outside the package); it adds entries for our five op names only and
+  replaces none of mmengine's.
 """
 from math import prod
 from typing import Any, Dict, List
@@ -88,12 +100,16 @@ FLOP_HANDLES: Dict[str, Any] = {
 def register_flop_handles() -> None:
     """Add :data:`FLOP_HANDLES` to mmengine's default FLOP table (idempotent).
 
+    For analyzers built where no handles can be passed (``get_model_complexity_info``);
+    elsewhere prefer ``FlopAnalyzer(...).set_op_handle(**FLOP_HANDLES)``.
+
     Example:
         >>> from mmengine.analysis import complexity_analysis
         >>> register_flop_handles()
         >>> 'dualformer::lsh_hash' in complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
         True
     """
-    # FlopAnalyzer reads this module-level table in its constructor; there is no public
-    # registry for default handles in mmengine 0.10.
+    # No public API serves this caller: mmengine 0.10's get_model_complexity_info builds
+    # FlopAnalyzer(model, inputs) itself, and FlopAnalyzer's constructor copies this private
+    # module-level table into the new analyzer; there is no public registry of default handles.
     complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.update(FLOP_HANDLES)

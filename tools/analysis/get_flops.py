@@ -4,7 +4,10 @@
 
 Without ``--shape`` the input is each task's size in the paper: 224x224 for classifiers,
 800x1280 for Mask R-CNN (Table 3), 512x2048 for UperNet (Table 4). For the repository's own
-configs the paper's numbers are printed beside ours.
+configs the paper's numbers are printed beside ours. Our ops' FLOP handles reach the analyzer
+through mmengine's public ``FlopAnalyzer.set_op_handle`` (``count_complexity``); the toolboxes'
+own ``get_flops.py`` tools count them through the table ``import dualformer_mm`` extends
+(``dualformer_mm/ops/_flops.py``).
 
 Examples:
     python tools/analysis/get_flops.py configs/mmpretrain/dualformer_s_in1k.py

@@ -12,6 +12,7 @@ import torch
 from dualformer_mm import ops
 from dualformer_mm.models.backbones.dualformer import PartitionAttention
 from dualformer_mm.ops import _backend
+from tests.utils import CUDA
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -70,7 +71,72 @@ def test_missing_extension_ext_mode_is_an_error(missing_extension):
         ops.partition_distribute(torch.randn(1, 4, 2), torch.zeros(1, 3, dtype=torch.long))
 
 
-def test_extension_without_cuda_kernels(fresh_state):
+@pytest.fixture
+def cuda_kernels_verified(monkeypatch):
+    """``auto`` as it selects once the CUDA kernels have passed on a GPU (the one-line change
+    of ``_backend.CUDA_KERNELS_VERIFIED``)."""
+    monkeypatch.setattr(_backend, 'CUDA_KERNELS_VERIFIED', True)
+
+
+@pytest.fixture
+def cuda_extension(fresh_state):
+    """An extension that reports CUDA kernels, as a CUDA build does; only the choice is run."""
+    if ops.load_extension() is None:
+        pytest.fail(f'dualformer_mm._ext is not importable: {fresh_state.error}')
+    fresh_state.ext_cuda = True
+    return fresh_state
+
+
+def test_auto_runs_the_reference_on_cuda_until_the_kernels_are_verified(cuda_extension):
+    cuda = torch.device('cuda')  # only the device type is looked at: no GPU needed
+    assert _backend.CUDA_KERNELS_VERIFIED is False
+    ops.set_backend('auto')
+    with pytest.warns(RuntimeWarning, match=r'auto runs the PyTorch reference ops on CUDA.*'
+                                            r'make gpu-check.*DUALFORMER_OPS=ext'):
+        assert not _backend.use_extension('partition_mean', cuda)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # said once per process, and never for CPU tensors
+        for op in ('lsh_hash', 'partition_softmax_pool', 'partition_distribute'):
+            assert not _backend.use_extension(op, cuda, cuda_deterministic=op == 'lsh_hash')
+        assert _backend.use_extension('partition_mean', torch.device('cpu'))
+    assert not _backend.auto_picks_extension('cuda') and _backend.auto_picks_extension('cpu')
+    # The opt-in.
+    ops.set_backend('ext')
+    assert _backend.use_extension('partition_mean', cuda)
+
+
+def test_verified_cuda_kernels_make_auto_pick_them(cuda_extension, cuda_kernels_verified):
+    cuda = torch.device('cuda')
+    ops.set_backend('auto')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert _backend.use_extension('partition_mean', cuda)
+        assert _backend.use_extension('partition_mean', torch.device('cpu'))
+    assert _backend.auto_picks_extension('cuda')
+
+
+def test_auto_cpu_forward_says_nothing(fresh_state):
+    # The CPU kernels are verified by this suite: `auto` runs them without a word.
+    attn, x = _attention_and_input()
+    with ops.use_backend('auto'), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('error')
+        attn(x)
+    assert fresh_state.ext is not None and not fresh_state.warned
+
+
+@pytest.mark.parametrize('device', [CUDA])
+def test_auto_cuda_forward_runs_the_reference_and_says_so(device, fresh_state):
+    attn, x = _attention_and_input()
+    attn, x = attn.to(device), x.to(device)
+    with ops.use_backend('auto'), torch.no_grad():
+        with pytest.warns(RuntimeWarning, match='DUALFORMER_OPS=ext'):
+            with torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                attn(x)
+    assert not any(e.name.startswith('dualformer::') for e in prof.events())
+
+
+def test_extension_without_cuda_kernels(fresh_state, cuda_kernels_verified):
     if ops.load_extension() is None:
         pytest.fail(f'dualformer_mm._ext is not importable: {fresh_state.error}')
     fresh_state.ext_cuda = False  # as a CPU-only build reports itself
@@ -85,21 +151,19 @@ def test_extension_without_cuda_kernels(fresh_state):
 
 
 @pytest.fixture
-def deterministic_cuda_extension(fresh_state):
+def deterministic_cuda_extension(cuda_extension):
     """Deterministic algorithms on, and an extension that reports CUDA kernels."""
-    if ops.load_extension() is None:
-        pytest.fail(f'dualformer_mm._ext is not importable: {fresh_state.error}')
-    fresh_state.ext_cuda = True  # as a CUDA build reports itself; only the choice is run
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        yield fresh_state
+        yield cuda_extension
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def test_deterministic_mode_auto_takes_the_reference_on_cuda(deterministic_cuda_extension):
+def test_deterministic_mode_auto_takes_the_reference_on_cuda(deterministic_cuda_extension,
+                                                             cuda_kernels_verified):
     cuda = torch.device('cuda')  # only the device type is looked at: no GPU needed
     ops.set_backend('auto')
     with pytest.warns(RuntimeWarning, match=r'use_deterministic_algorithms\(True\).*reference'):

@@ -4,8 +4,12 @@
 Each op ``foo`` has a pure-PyTorch reference ``foo_pytorch`` (in :mod:`.partition`), the test
 oracle and the fallback; ``foo`` itself runs the fused C++/CUDA kernel of
 ``dualformer_mm._ext`` or the reference according to ``DUALFORMER_OPS``
-(``auto``/``ext``/``reference``, see :mod:`._backend` and ``docs/ops.md``). The extension is
-loaded on first use, so importing this package never needs a build.
+(``auto``/``ext``/``reference``, see :mod:`._backend` and ``docs/ops.md``); ``auto`` runs the
+CPU kernels and, until the CUDA kernels have passed on a GPU, the reference on CUDA tensors.
+Importing this package never imports the extension, so it needs no build: the extension is
+imported when a module that calls the ops is built (``PartitionAttention`` calls
+:func:`prepare_backend`) unless the backend is ``reference``, and by an op called outside
+such a module on its first call.
 
 ``partition_count`` and ``kmeans_assign`` have no fused kernel: the count is a single native
 ``index_add`` (and the fused ``partition_mean`` returns it anyway), and K-Means is not on the

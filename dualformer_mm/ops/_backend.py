@@ -3,15 +3,21 @@
 
 ``DUALFORMER_OPS`` picks the implementation of every partition op:
 
-* ``auto`` (default): the compiled extension ``dualformer_mm._ext`` when it is built (and
-  has kernels for the tensors' device), else the PyTorch reference, with a one-time warning
-  that says why and how to build it.
-* ``ext``: the extension, and an error naming the missing piece when it cannot serve a call.
+* ``auto`` (default): on CPU tensors the compiled kernels of ``dualformer_mm._ext`` when it
+  is built, else the PyTorch reference, with a one-time warning that says why and how to
+  build it. On CUDA tensors the PyTorch reference (native ATen ops), with a one-time warning
+  on the first CUDA call that says so and how to opt in: the CUDA kernels have not yet
+  passed on a GPU. :data:`CUDA_KERNELS_VERIFIED` turns them on for ``auto`` once they have.
+* ``ext``: the extension on every device, and an error naming the missing piece when it
+  cannot serve a call. On CUDA this is the opt-in: ``make gpu-check`` compares the CUDA
+  kernels with the reference on the user's GPU and says whether to set it.
 * ``reference``: the pure-PyTorch reference ops of :mod:`dualformer_mm.ops.partition`.
 
-The extension is imported on the first call that wants it, never at package import, so the
-reference path works on a machine where nothing was compiled (mmcv's multi_scale_deform_attn
-imports its extension eagerly, which makes its pure path unreachable without a build).
+The extension is imported when a module that calls the ops is built
+(:func:`prepare_backend`, from ``PartitionAttention.__init__``), or on the first op call
+otherwise, never at package import, so the reference path works on a machine where nothing
+was compiled (mmcv's multi_scale_deform_attn imports its extension eagerly, which makes its
+pure path unreachable without a build).
 
 During ONNX export every op takes its reference path: that decomposition into native ops is
 what the exporter translates.
@@ -39,6 +45,15 @@ MODES = ('auto', 'ext', 'reference')
 EXT_NAME = 'dualformer_mm._ext'
 BUILD_HINT = ('build it from the repository root with `make setup`, or `pip install '
               '--no-build-isolation -e .` (tools/setup_env.sh shows the uv equivalent)')
+# Whether `auto` runs the CUDA kernels. False until they have passed `make gpu-check` on a GPU:
+# until then a wrong index there would train silently wrong, while the reference runs native
+# ATen ops that are tested everywhere. The CPU kernels are verified by the test suite.
+CUDA_KERNELS_VERIFIED = False
+UNVERIFIED_CUDA = (
+    f'dualformer_mm partition ops: {ENV_VAR}=auto runs the PyTorch reference ops on CUDA '
+    'tensors, because the fused CUDA kernels have not yet passed a check on a GPU. '
+    '`make gpu-check` compares them with the reference on this machine; its report ends with '
+    f'whether to set {ENV_VAR}=ext to use them here. Set {ENV_VAR}=reference to silence this.')
 
 
 class _State:
@@ -201,6 +216,22 @@ def extension_available(device: str = 'cpu') -> bool:
     return device == 'cpu' or (device == 'cuda' and _state.ext_cuda)
 
 
+def auto_picks_extension(device_type: str) -> bool:
+    """Whether ``auto`` runs the compiled kernels on ``device_type`` where they are built.
+
+    The CPU kernels always; the CUDA kernels once :data:`CUDA_KERNELS_VERIFIED`.
+
+    Args:
+        device_type (str): ``'cpu'``, ``'cuda'``, ...
+
+    Example:
+        >>> from dualformer_mm.ops import _backend
+        >>> _backend.auto_picks_extension('cpu')
+        True
+    """
+    return device_type != 'cuda' or CUDA_KERNELS_VERIFIED
+
+
 def _missing(device_type: str) -> str:
     """Which piece is missing for the extension to run on ``device_type``."""
     if _state.ext is None:
@@ -242,6 +273,9 @@ def use_extension(op: str, device: torch.device, cuda_deterministic: bool = Fals
         # (said once by prepare_backend).
         return False
     device_type = device.type
+    if mode == 'auto' and not auto_picks_extension(device_type):
+        _warn_once(('cuda', 'unverified'), UNVERIFIED_CUDA)
+        return False
     if (device_type == 'cuda' and not cuda_deterministic
             and torch.are_deterministic_algorithms_enabled()):
         if mode == 'ext' and not torch.is_deterministic_algorithms_warn_only_enabled():

@@ -7,9 +7,9 @@
 ``bench_ops.py`` (the fused partition ops against their reference) run as subprocesses at
 tiny settings; the tests check the JSON fields, that the numbers are positive and the ratios
 are to the same run's Swin-T, that the PNGs exist, and the errors for bad requests. The
-shared pieces of ``_common.py`` (where a peer comes from, mmpretrain or timm; the fp16
-GradScaler; the memory held between steps; the targets) are tested in-process. No timing is
-asserted: the scripts print ratios for people to read, and a shared CI machine makes any
+shared pieces of the ``benchlib`` package beside them (where a peer comes from, mmpretrain or
+timm; the memory held between steps; the targets) and the training step of ``train_step.py``
+(the fp16 GradScaler) are tested in-process. No timing is asserted: the scripts print ratios for people to read, and a shared CI machine makes any
 threshold flaky.
 """
 import doctest
@@ -49,6 +49,9 @@ def _check_environment(env: dict) -> None:
         assert key in env, key
     assert env['device'] == 'cpu' and env['threads'] == 1
     assert env['settings']['repeat'] == 1
+    # What ran: on CPU, auto and ext take the kernels wherever they are built.
+    ops_env = env['dualformer_ops']
+    assert ops_env['kernels'] == (ops_env['extension'] and ops_env['mode'] != 'reference')
 
 
 def test_throughput_writes_json_and_png(tmp_path: Path):
@@ -126,7 +129,7 @@ def test_missing_toolbox_names_model_and_package(tmp_path: Path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error without CUDA')
 def test_cuda_without_gpu_is_a_clear_error():
-    # Both scripts validate --device in _common.settings_from_args; one covers it.
+    # Both scripts validate --device in benchlib.options.settings_from_args; one covers it.
     result = _run([SCALING, '--device', 'cuda'])
     assert result.returncode == 2
     assert 'argument --device: cuda was requested' in result.stderr
@@ -153,20 +156,24 @@ def test_bench_ops_json_rows():
         assert r['speedup'] == pytest.approx(r['reference_ms'] / r['ext_ms'])
 
 
-# --- training benchmark (train_step.py) and the shared pieces it added to _common.py -------
+# --- training benchmark (train_step.py) and the benchlib package, in-process ---------------
 
 TRAIN_STEP = 'tools/benchmarks/train_step.py'
 BENCH_DIR = osp.join(ROOT, 'tools', 'benchmarks')
 
 
 @pytest.fixture
-def bench_modules(monkeypatch):
-    """Import the scripts' modules in-process (they sit in tools/benchmarks, not a package)."""
+def bench(monkeypatch):
+    """The benchlib modules and two scripts, imported as a script run sees them: from its own
+    folder, tools/benchmarks, which is not a package."""
     monkeypatch.syspath_prepend(BENCH_DIR)
-    import _common
     import resolution_scaling
     import train_step
-    return _common, resolution_scaling, train_step
+    from benchlib import detectors, errors, measure, options, output, ratios, timm_features, zoo
+    return types.SimpleNamespace(
+        detectors=detectors, errors=errors, measure=measure, options=options, output=output,
+        ratios=ratios, timm_features=timm_features, zoo=zoo, scaling=resolution_scaling,
+        train_step=train_step)
 
 
 def test_train_step_writes_both_parts(tmp_path: Path):
@@ -251,19 +258,18 @@ def test_train_step_writes_both_parts(tmp_path: Path):
     (['--det-rois', '0'], 'argument --det-rois: must be >= 1'),
     (['--peer-source', 'hub'], "argument --peer-source: invalid choice: 'hub'"),
 ])
-def test_train_step_argument_errors(bench_modules, capsys, args, message):
+def test_train_step_argument_errors(bench, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        bench_modules[2].parse_args(args)
+        bench.train_step.parse_args(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_train_step_detector_without_mmdet_names_it(bench_modules, monkeypatch):
-    common, _, train_step = bench_modules
+def test_train_step_detector_without_mmdet_names_it(bench, monkeypatch):
     monkeypatch.setitem(sys.modules, 'mmdet', None)
-    with pytest.raises(common.BenchmarkError,
+    with pytest.raises(bench.errors.BenchmarkError,
                        match=r'the detector part needs mmdet.*--parts backbone'):
-        train_step.check_detector_requirements()
+        bench.detectors.check_detector_requirements()
 
 
 def test_peers_without_toolboxes_or_timm_name_both(tmp_path: Path):
@@ -304,6 +310,9 @@ class _FakeTimmFeatures(torch.nn.Module):
 @pytest.fixture
 def fake_timm(monkeypatch):
     """A timm module recording its create_model calls."""
+    # Imported first, as in a user's process: with a timm already imported, importing
+    # dualformer_mm registers its models in that timm, which a stand-in cannot take.
+    import dualformer_mm  # noqa: F401
     calls = []
     module = types.ModuleType('timm')
     module.__version__ = '9.9.9'
@@ -324,32 +333,32 @@ def _hide_mmpretrain(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
 
 
-def test_peer_source_selection(bench_modules, monkeypatch, fake_timm):
-    common = bench_modules[0]
+def test_peer_source_selection(bench, monkeypatch, fake_timm):
+    zoo, error = bench.zoo, bench.errors.BenchmarkError
     # With mmpretrain importable, auto takes it and timm only when asked for.
-    assert common.resolve_source('swin-t').package == 'mmpretrain'
-    assert common.resolve_source('convnext-t', 'toolbox').package == 'mmpretrain'
-    forced = common.resolve_source('swin-t', 'timm')
+    assert zoo.resolve_source('swin-t').package == 'mmpretrain'
+    assert zoo.resolve_source('convnext-t', 'toolbox').package == 'mmpretrain'
+    forced = zoo.resolve_source('swin-t', 'timm')
     assert (forced.package, forced.version) == ('timm', '9.9.9')
     # DualFormer (like PVTv2) has one implementation, whatever the peer source.
-    assert common.resolve_source('dualformer-t', 'timm').package == 'dualformer_mm'
+    assert zoo.resolve_source('dualformer-t', 'timm').package == 'dualformer_mm'
 
     _hide_mmpretrain(monkeypatch)
-    source = common.resolve_source('swin-t')
+    source = zoo.resolve_source('swin-t')
     assert source.package == 'timm' and 'mmpretrain cannot be imported' in source.describe()
-    with pytest.raises(common.BenchmarkError, match="'swin-t' needs the mmpretrain package,"):
-        common.resolve_source('swin-t', 'toolbox')
+    with pytest.raises(error, match="'swin-t' needs the mmpretrain package,"):
+        zoo.resolve_source('swin-t', 'toolbox')
     monkeypatch.setitem(sys.modules, 'timm', None)
-    with pytest.raises(common.BenchmarkError, match='needs the mmpretrain package or timm'):
-        common.resolve_source('convnext-t')
-    with pytest.raises(common.BenchmarkError, match='--peer-source timm'):
-        common.resolve_source('convnext-t', 'timm')
+    with pytest.raises(error, match='needs the mmpretrain package or timm'):
+        zoo.resolve_source('convnext-t')
+    with pytest.raises(error, match='--peer-source timm'):
+        zoo.resolve_source('convnext-t', 'timm')
 
 
-def test_timm_swin_is_built_as_the_toolbox_contract(bench_modules, monkeypatch, fake_timm):
-    common = bench_modules[0]
+def test_timm_swin_is_built_as_the_toolbox_contract(bench, monkeypatch, fake_timm):
+    zoo = bench.zoo
     _hide_mmpretrain(monkeypatch)
-    model = common.build_model('swin-t', image_size=(62, 64))
+    model = zoo.build_model('swin-t', image_size=(62, 64))
     # Built for the run's size, padded up to the patch size as mmpretrain's Swin pads.
     assert fake_timm == [('swin_tiny_patch4_window7_224',
                           dict(pretrained=False, features_only=True, out_indices=(0, 1, 2, 3),
@@ -362,17 +371,15 @@ def test_timm_swin_is_built_as_the_toolbox_contract(bench_modules, monkeypatch, 
         # (N, C, H, W), contiguous, each through a LayerNorm over C (what timm lacks).
         assert out.is_contiguous()
         assert torch.allclose(out.mean(1), torch.zeros(()), atol=1e-5)
-    common.build_model('swin-t')
+    zoo.build_model('swin-t')
     assert fake_timm[1][1]['strict_img_size'] is False and 'img_size' not in fake_timm[1][1]
 
 
-def test_timm_fallback_in_fp16_training_benchmark(bench_modules, monkeypatch, fake_timm,
-                                                  capsys):
+def test_timm_fallback_in_fp16_training_benchmark(bench, monkeypatch, fake_timm, capsys):
     # The GPU check's path (timm peers, fp16 autocast with a GradScaler), on CPU.
-    common, _, train_step = bench_modules
     _hide_mmpretrain(monkeypatch)
-    rows = train_step.measure_backbones(['swin-t'], batch=2, size=32,
-                                        settings=_settings(common, 'cpu', 'fp16'))
+    rows = bench.train_step.measure_backbones(['swin-t'], batch=2, size=32,
+                                              settings=_settings(bench, 'cpu', 'fp16'))
     assert 'swin-t: timm 9.9.9 (mmpretrain cannot be imported' in capsys.readouterr().out
     (row, ) = rows
     assert row['implementation'].startswith('timm 9.9.9') and row['error'] is None
@@ -381,50 +388,51 @@ def test_timm_fallback_in_fp16_training_benchmark(bench_modules, monkeypatch, fa
 
 
 @pytest.mark.skipif(importlib.util.find_spec('timm') is None, reason='timm is not installed')
-def test_real_timm_peers_match_mmpretrain(bench_modules):
-    common = bench_modules[0]
+def test_real_timm_peers_match_mmpretrain(bench):
+    zoo = bench.zoo
     x = torch.rand(1, 3, 64, 96)
     for name in ('swin-t', 'convnext-t'):
-        timm_model = common.build_model(name, common.resolve_source(name, 'timm'))
-        mm_model = common.build_model(name, common.resolve_source(name, 'toolbox'))
+        timm_model = zoo.build_model(name, zoo.resolve_source(name, 'timm'))
+        mm_model = zoo.build_model(name, zoo.resolve_source(name, 'toolbox'))
         assert [o.shape for o in timm_model(x)] == [o.shape for o in mm_model(x)]
-        assert common.count_params(timm_model) == pytest.approx(
-            common.count_params(mm_model), rel=0.01)
+        assert zoo.count_params(timm_model) == pytest.approx(
+            zoo.count_params(mm_model), rel=0.01)
 
 
-def _settings(common, device='cpu', amp_dtype=None):
-    return common.Settings(device=device, threads=1, amp=amp_dtype is not None,
+def _settings(bench, device='cpu', amp_dtype=None):
+    return bench.options.Settings(device=device, threads=1, amp=amp_dtype is not None,
                            amp_dtype=amp_dtype, channels_last=False, compile=False, warmup=0,
                            repeat=1, iters=1)
 
 
-def test_grad_scaler_only_for_fp16(bench_modules):
-    common = bench_modules[0]
-    assert common.needs_grad_scaler(_settings(common, 'cuda', 'fp16'))
-    assert common.needs_grad_scaler(_settings(common, 'cpu', 'fp16'))
-    assert not common.needs_grad_scaler(_settings(common, 'cuda', 'bf16'))
-    assert not common.needs_grad_scaler(_settings(common, 'cuda'))
+def test_grad_scaler_only_for_fp16(bench):
+    train_step = bench.train_step
+    assert train_step.needs_grad_scaler(_settings(bench, 'cuda', 'fp16'))
+    assert train_step.needs_grad_scaler(_settings(bench, 'cpu', 'fp16'))
+    assert not train_step.needs_grad_scaler(_settings(bench, 'cuda', 'bf16'))
+    assert not train_step.needs_grad_scaler(_settings(bench, 'cuda'))
     net = torch.nn.Linear(4, 3)
-    step = common.TrainStep(lambda: net(torch.ones(2, 4)).sum(),
-                            torch.optim.AdamW(net.parameters()), _settings(common, 'cpu', 'bf16'))
+    step = train_step.TrainStep(lambda: net(torch.ones(2, 4)).sum(),
+                                torch.optim.AdamW(net.parameters()),
+                                _settings(bench, 'cpu', 'bf16'))
     assert step.scaler is None and step.settle() == 0 and step.skipped_steps() == 0
 
 
-def test_fp16_train_step_settles_and_counts_skips(bench_modules):
-    common = bench_modules[0]
+def test_fp16_train_step_settles_and_counts_skips(bench):
+    train_step = bench.train_step
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
     x, scale = torch.randn(4, 8), {'loss': 1.0}
     optimizer = torch.optim.AdamW(net.parameters(), lr=0.1)
-    step = common.TrainStep(lambda: net(x).float().square().mean() * scale['loss'], optimizer,
-                            _settings(common, 'cpu', 'fp16'))
+    step = train_step.TrainStep(lambda: net(x).float().square().mean() * scale['loss'],
+                                optimizer, _settings(bench, 'cpu', 'fp16'))
     assert isinstance(step.scaler, torch.amp.GradScaler)
     # 2**16 times a loss of 2**10 overflows fp16 (max 65504): the scaler halves its scale
     # until it does not, skipping those steps, and then takes a real one.
     scale['loss'] = 2.0**10
     weight = net[0].weight.detach().clone()
     ran = step.settle()
-    assert ran > 1 and step.scaler.get_scale() < common.GRAD_SCALER_INIT
+    assert ran > 1 and step.scaler.get_scale() < train_step.GRAD_SCALER_INIT
     assert step.skipped_steps() == 0 and not torch.equal(weight, net[0].weight)
     assert all(p.grad is None for p in net.parameters())  # zero_grad(set_to_none=True)
     # An overflow after settling is a skipped step: weights unchanged, and counted.
@@ -434,48 +442,48 @@ def test_fp16_train_step_settles_and_counts_skips(bench_modules):
     assert step.skipped_steps() == 1 and torch.equal(weight, net[0].weight)
 
 
-def test_memory_state_counts_each_storage_once(bench_modules):
-    common = bench_modules[0]
+def test_memory_state_counts_each_storage_once(bench):
+    measure = bench.measure
     net = torch.nn.Linear(256, 1024)  # 1 MiB of weight, 4 KiB of bias
     optimizer = torch.optim.AdamW(net.parameters())
-    before = common.state_mib(common.training_state(net, optimizer))
+    before = measure.state_mib(measure.training_state(net, optimizer))
     net(torch.ones(1, 256)).sum().backward()
     optimizer.step()
-    after = common.state_mib(common.training_state(net, optimizer, [net.weight]))
+    after = measure.state_mib(measure.training_state(net, optimizer, [net.weight]))
     assert before == pytest.approx((256 * 1024 + 1024) * 4 / 2**20)
     # Two AdamW moments per parameter (and a step counter each); the weight counted once.
     assert after == pytest.approx(3 * before, rel=0.01)
 
 
-def test_resolution_scaling_target_is_at_800x1280(bench_modules):
-    common, scaling, _ = bench_modules
+def test_resolution_scaling_target_is_at_800x1280(bench):
+    scaling = bench.scaling
     rows = [dict(model='dualformer-s', height=800, width=1280, ms=69.0, error=None),
             dict(model='swin-t', height=800, width=1280, ms=100.0, error=None),
             dict(model='dualformer-s', height=224, width=224, ms=200.0, error=None),
             dict(model='swin-t', height=224, width=224, ms=100.0, error=None)]
-    (target, ) = scaling.check_targets(rows, batch=1, settings=_settings(common))
+    (target, ) = scaling.check_targets(rows, batch=1, settings=_settings(bench))
     assert (target['max_ratio'], target['ratio'], target['met']) == (0.7, 0.69, True)
     assert target['at_target_setting'] is True
     rows[0]['ms'] = 71.0
-    (target, ) = scaling.check_targets(rows, batch=2, settings=_settings(common))
+    (target, ) = scaling.check_targets(rows, batch=2, settings=_settings(bench))
     assert target['met'] is False and target['at_target_setting'] is False
-    assert common.format_target(target, scaling.TARGET_SETTING_TEXT) == (
+    assert bench.ratios.format_target(target, scaling.TARGET_SETTING_TEXT) == (
         'target dualformer-s forward time at 800x1280 <= 0.7x swin-t: 0.71x, NOT met (this '
         'run is not at the target setting, batch 1 CPU fp32)')
-    assert scaling.check_targets(rows[2:], batch=1, settings=_settings(common)) == []
+    assert scaling.check_targets(rows[2:], batch=1, settings=_settings(bench)) == []
 
 
-def test_docstring_examples(bench_modules):
-    common, _, train_step = bench_modules
-    for module in (common, train_step):
+def test_docstring_examples(bench):
+    for module in (bench.errors, bench.zoo, bench.options, bench.measure, bench.ratios,
+                   bench.train_step):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
-def test_train_step_defaults_match_the_docs(bench_modules, monkeypatch):
+def test_train_step_defaults_match_the_docs(bench, monkeypatch):
     # docs/benchmarks.md (Training) states these defaults; the configs' own values with them.
     from mmengine.config import Config
-    _, _, train_step = bench_modules
+    train_step, detectors = bench.train_step, bench.detectors
     monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)  # parse_args applies it
     args = train_step.parse_args([])
     assert args.parts == ['backbone', 'detector'] and args.models == list(train_step.MODEL_ZOO)
@@ -483,14 +491,14 @@ def test_train_step_defaults_match_the_docs(bench_modules, monkeypatch):
     assert not args.settings.amp and args.settings.peer_source == 'auto'
     assert args.det_models == ['dualformer-s', 'swin-t'] and args.det_rois is None
     assert (args.det_batch, args.det_size) == (2, (800, 1333))
-    assert train_step.INSTANCES_PER_IMAGE == 7 and train_step.NUM_CLASSES == 1000
+    assert detectors.INSTANCES_PER_IMAGE == 7 and train_step.NUM_CLASSES == 1000
     targets = {(t.model, t.metric): (t.comparison, t.bound) for t in train_step.TARGETS}
     assert targets == {('dualformer-xs', 'img_per_s'): ('>=', 2.0),
                        ('dualformer-s', 'img_per_s'): ('>=', 1.2),
                        ('dualformer-s', 'peak_mib'): ('<=', 1.0)}
     assert train_step.TARGET_SETTING == dict(size=224, batch=16, device='cpu', amp=False)
     for name in args.det_models:
-        cfg = Config.fromfile(train_step.config_path(name))
+        cfg = Config.fromfile(detectors.config_path(name))
         sampler = cfg.model.train_cfg.rcnn.sampler
         assert (sampler.num, sampler.pos_fraction) == (512, 0.25)
         assert cfg.model.data_preprocessor.pad_size_divisor == 32

@@ -37,7 +37,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor
 
-import _common as common  # noqa: I100  (next to this script; puts the checkout on sys.path)
+from benchlib.measure import time_interleaved
+from benchlib.options import Settings
 from dualformer_mm import DualFormer, ops
 from dualformer_mm.models.backbones.dualformer import PartitionAttention
 
@@ -58,14 +59,14 @@ def timeit_backends(fns: Dict[str, Callable[[], None]], device: str, repeat: int
                     warmup: int = 3) -> Dict[str, float]:
     """Median milliseconds of each ``fns[backend]`` run under that op backend (``''``: as set).
 
-    :func:`_common.time_interleaved` lets the backends take turns call by call (alternating
-    which goes first), so a slow spell of a shared machine lands on both instead of on
-    whichever ran during it.
+    :func:`benchlib.measure.time_interleaved` lets the backends take turns call by call
+    (alternating which goes first), so a slow spell of a shared machine lands on both instead
+    of on whichever ran during it.
     """
-    settings = common.Settings(device=device, threads=torch.get_num_threads(), amp=False,
-                               amp_dtype=None, channels_last=False, compile=False,
-                               warmup=warmup, repeat=repeat, iters=1)
-    times, errors = common.time_interleaved(
+    settings = Settings(device=device, threads=torch.get_num_threads(), amp=False,
+                        amp_dtype=None, channels_last=False, compile=False,
+                        warmup=warmup, repeat=repeat, iters=1)
+    times, errors = time_interleaved(
         fns, settings,
         context=lambda name: ops.use_backend(name) if name else contextlib.nullcontext())
     if errors:
@@ -306,7 +307,8 @@ def profile_backbone(device: str, repeat: int) -> List[Dict]:
                     model.zero_grad(set_to_none=True)
                     sum(o.float().mean() for o in model(x)).backward()
                 wall = timeit(step, device, repeat, warmup=1)
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                cpu = torch.profiler.ProfilerActivity.CPU
+                with torch.profiler.profile(activities=[cpu]) as prof:
                     with record_function('step'):
                         step()
             events = prof.events()

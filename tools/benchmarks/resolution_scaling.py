@@ -12,13 +12,13 @@ Cityscapes), against Swin-T (windowed attention, also linear) and PVTv2-B2 (spat
 attention, quadratic in tokens with a reduced key set).
 
 For every model and size it reports the median latency over ``--repeat`` interleaved rounds
-(all models run in turn each round, see ``_common.py``), the peak memory of one forward
-beyond weights and input (see ``_common.peak_memory_mib`` for exactly what is counted), the
-latency ratio to Swin-T at that size, and the growth from the smallest size: the time ratio
-divided by the pixel ratio (1.0 for linear cost, above 1 for faster-than-linear growth) and
-the exponent ``log(time ratio) / log(pixel ratio)`` (1 linear, 2 quadratic). Fixed costs
-weigh on small inputs, so the exponent is mostly below 1 at first and is most telling
-between the large sizes.
+(all models run in turn each round, see ``benchlib/measure.py``), the peak memory of one
+forward beyond weights and input (see ``benchlib.measure.peak_memory_mib`` for exactly what is
+counted), the latency ratio to Swin-T at that size, and the growth from the smallest size: the
+time ratio divided by the pixel ratio (1.0 for linear cost, above 1 for faster-than-linear
+growth) and the exponent ``log(time ratio) / log(pixel ratio)`` (1 linear, 2 quadratic).
+Fixed costs weigh on small inputs, so the exponent is mostly below 1 at first and is most
+telling between the large sizes.
 
 Swin-T is built with ``pad_small_map=True`` (as mmdet's configs do), without which
 mmpretrain's Swin only takes inputs whose feature maps tile into its 7x7 windows. mmdet's
@@ -39,8 +39,12 @@ import argparse
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import _common as common  # noqa: I100  (sits next to this script)
-from _common import REFERENCE_MODEL, Settings, Target, parse_size
+from benchlib import options, output, ratios
+from benchlib.errors import run_main
+from benchlib.measure import median, peak_memory_all, time_interleaved
+from benchlib.options import Settings, parse_size
+from benchlib.ratios import Target
+from benchlib.zoo import REFERENCE_MODEL
 
 DEFAULT_MODELS = ['dualformer-s', 'swin-t', 'pvtv2-b2']
 DEFAULT_SIZES = ['224x224', '512x512', '800x1280', '1024x2048']
@@ -56,15 +60,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Latency and peak memory of backbones against input size (paper '
         'section 3.2).')
-    common.add_model_arg(parser, DEFAULT_MODELS)
+    options.add_model_arg(parser, DEFAULT_MODELS)
     parser.add_argument('--sizes', nargs='+', type=parse_size, metavar='HxW',
                         default=[parse_size(s) for s in DEFAULT_SIZES],
                         help=f'input sizes, HEIGHTxWIDTH (default: {" ".join(DEFAULT_SIZES)})')
-    parser.add_argument('--batch', type=common.positive_int(1), default=1,
+    parser.add_argument('--batch', type=options.positive_int(1), default=1,
                         help='images per forward (default: %(default)s)')
-    common.add_common_args(parser, warmup=1, repeat=5)
+    options.add_common_args(parser, warmup=1, repeat=5)
     args = parser.parse_args(argv)
-    args.settings = common.settings_from_args(parser, args)
+    args.settings = options.settings_from_args(parser, args)
     # Smallest first: growth is reported from the first size.
     args.sizes = sorted(dict.fromkeys(args.sizes), key=lambda hw: (hw[0] * hw[1], hw))
     return args
@@ -85,7 +89,7 @@ def measure(names: Sequence[str], sizes: Sequence[Tuple[int, int]], batch: int,
     """Latency and memory of every model at every size.
 
     Args:
-        names (Sequence[str]): Keys of :data:`_common.MODEL_ZOO`.
+        names (Sequence[str]): Keys of :data:`benchlib.zoo.MODEL_ZOO`.
         sizes (Sequence[Tuple[int, int]]): (height, width), smallest first.
         batch (int): Images per forward.
         settings (Settings): Run options.
@@ -98,16 +102,16 @@ def measure(names: Sequence[str], sizes: Sequence[Tuple[int, int]], batch: int,
         ``memory_exponent``, ``times_s`` and ``error`` (None unless the forward failed,
         e.g. out of memory).
     """
-    models, params, sources = common.build_all(names, settings)
+    models, params, sources = options.build_all(names, settings)
     results: Dict[Tuple[str, Tuple[int, int]], Dict[str, Any]] = {}
     for height, width in sizes:
         print(f'  {height}x{width} ...', flush=True)
-        x = common.make_input(batch, height, width, settings)
-        fns = {name: common.forward_fn(model, x, settings) for name, model in models.items()}
-        times, errors = common.time_interleaved(fns, settings)
-        peaks = common.peak_memory_all(fns, settings, errors)
+        x = options.make_input(batch, height, width, settings)
+        fns = {name: options.forward_fn(model, x, settings) for name, model in models.items()}
+        times, errors = time_interleaved(fns, settings)
+        peaks = peak_memory_all(fns, settings, errors)
         for name in models:
-            ms = common.median(times[name]) * 1e3 if name in times else math.nan
+            ms = median(times[name]) * 1e3 if name in times else math.nan
             results[name, (height, width)] = dict(
                 model=name, implementation=sources[name].describe(),
                 params_m=params[name] / 1e6, height=height, width=width,
@@ -142,12 +146,12 @@ def check_targets(rows: List[Dict[str, Any]], batch: int,
         settings (Settings): Run options.
 
     Returns:
-        List[Dict[str, Any]]: See :func:`_common.evaluate_targets` (``max_ratio``, ``ratio``
+        List[Dict[str, Any]]: See :func:`benchlib.ratios.evaluate_targets` (``max_ratio``, ``ratio``
         of the forward times, ``met``, ``at_target_setting``: batch 1, CPU, fp32).
     """
     at_size = [r for r in rows if (r['height'], r['width']) == TARGET_SIZE]
-    at_setting = common.at_target_setting(TARGET_SETTING, settings, batch=batch)
-    return common.evaluate_targets(at_size, TARGETS, at_setting)
+    at_setting = ratios.at_target_setting(TARGET_SETTING, settings, batch=batch)
+    return ratios.evaluate_targets(at_size, TARGETS, at_setting)
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
@@ -179,12 +183,12 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
     print('t/px: time ratio over pixel ratio from the smallest size (1 = linear); '
           'exp: log-log slope of time against pixels')
     for t in targets:
-        print(common.format_target(t, TARGET_SETTING_TEXT))
+        print(ratios.format_target(t, TARGET_SETTING_TEXT))
 
 
 def plot(rows: List[Dict[str, Any]], path: str, title: str) -> None:
     """Log-log plot of latency (left) and peak memory (right) against pixels, per model."""
-    plt = common.pyplot()
+    plt = output.pyplot()
     from matplotlib.ticker import NullLocator
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     names = list(dict.fromkeys(r['model'] for r in rows))
@@ -199,7 +203,7 @@ def plot(rows: List[Dict[str, Any]], path: str, title: str) -> None:
             if not points:
                 continue
             anchor = anchor or points[0]
-            ax.plot(*zip(*points), marker='o', label=name, color=common.model_colour(name))
+            ax.plot(*zip(*points), marker='o', label=name, color=output.model_colour(name))
         if anchor and len(ticks) > 1:
             # Where a model would be if its cost grew exactly with the pixel count.
             xs = [ticks[0][0], ticks[-1][0]]
@@ -226,19 +230,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = args.settings
     names = list(dict.fromkeys(args.models))
     header = (f'backbone forward, batch {args.batch}, median of {settings.repeat} '
-              f'interleaved rounds; {common.describe_settings(settings)}')
+              f'interleaved rounds; {output.describe_settings(settings)}')
     print(f'building {", ".join(names)} ...', flush=True)
     rows = measure(names, args.sizes, args.batch, settings)
     targets = check_targets(rows, args.batch, settings)
     print_table(rows, targets, header)
-    common.write_outputs(
+    output.write_outputs(
         args, dict(benchmark='resolution_scaling', batch=args.batch,
                    sizes=[f'{h}x{w}' for h, w in args.sizes], rows=rows, targets=targets,
-                   environment=common.describe_environment(settings)),
+                   environment=output.describe_environment(settings)),
         lambda path: plot(rows, path, f'Backbone cost against input size, batch {args.batch}; '
-                          f'{common.describe_settings(settings)}'))
+                          f'{output.describe_settings(settings)}'))
     return 1 if all(r['error'] for r in rows) else 0
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

@@ -10,9 +10,9 @@ the toolboxes provide, on whatever machine it runs on: every model gets the same
 under ``torch.inference_mode()`` unless ``--amp``/``--channels-last``/``--compile`` say
 otherwise. After ``--warmup`` forwards per model, ``--repeat`` rounds (default 5) run every
 model once in turn, and the median round gives images/s. Models are backbones only (four
-stage outputs with their norms, no head; see ``_common.py``): close to a classifier's speed
-but not the same, comparable between models here, not with the paper's V100 figures. Swin-T
-and ConvNeXt-T come from mmpretrain, or from timm where mmpretrain does not import
+stage outputs with their norms, no head; see ``benchlib/zoo.py``): close to a classifier's
+speed but not the same, comparable between models here, not with the paper's V100 figures.
+Swin-T and ConvNeXt-T come from mmpretrain, or from timm where mmpretrain does not import
 (``--peer-source``); the script prints which. Training speed is ``train_step.py``'s.
 
 The project's targets, at 224x224, batch 32, on CPU in fp32: DualFormer-XS at least 1.5x
@@ -29,8 +29,12 @@ import argparse
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
-import _common as common  # noqa: I100  (sits next to this script)
-from _common import MODEL_ZOO, REFERENCE_MODEL, Settings, Target
+from benchlib import options, output, ratios
+from benchlib.errors import run_main
+from benchlib.measure import median, time_interleaved
+from benchlib.options import Settings
+from benchlib.ratios import Target
+from benchlib.zoo import MODEL_ZOO, REFERENCE_MODEL
 
 DEFAULT_MODELS = list(MODEL_ZOO)
 # Minimum throughput ratios to Swin-T, and the setting the targets are defined at.
@@ -45,14 +49,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Images/s of DualFormer and peer backbones at one batch and size '
         '(paper Table 6).')
-    common.add_model_arg(parser, DEFAULT_MODELS)
-    parser.add_argument('--batch', type=common.positive_int(1), default=32,
+    options.add_model_arg(parser, DEFAULT_MODELS)
+    parser.add_argument('--batch', type=options.positive_int(1), default=32,
                         help='images per forward (default: %(default)s)')
-    parser.add_argument('--size', type=common.positive_int(32), default=224,
+    parser.add_argument('--size', type=options.positive_int(32), default=224,
                         help='square input side in pixels (default: %(default)s)')
-    common.add_common_args(parser, warmup=2, repeat=5)
+    options.add_common_args(parser, warmup=2, repeat=5)
     args = parser.parse_args(argv)
-    args.settings = common.settings_from_args(parser, args)
+    args.settings = options.settings_from_args(parser, args)
     return args
 
 
@@ -72,18 +76,18 @@ def measure(names: Sequence[str], batch: int, size: int, settings: Settings
         ``img_per_s``, ``ratio_to_swin_t`` (None without Swin-T), ``times_s`` (every
         sample) and ``error`` (None unless it failed).
     """
-    models, params, sources = common.build_all(names, settings, image_size=(size, size))
-    x = common.make_input(batch, size, size, settings)
-    fns = {name: common.forward_fn(model, x, settings) for name, model in models.items()}
-    times, errors = common.time_interleaved(fns, settings)
+    models, params, sources = options.build_all(names, settings, image_size=(size, size))
+    x = options.make_input(batch, size, size, settings)
+    fns = {name: options.forward_fn(model, x, settings) for name, model in models.items()}
+    times, errors = time_interleaved(fns, settings)
     rows = []
     for name in models:
-        seconds = common.median(times[name]) if name in times else math.nan
+        seconds = median(times[name]) if name in times else math.nan
         rows.append(dict(model=name, implementation=sources[name].describe(),
                          params_m=params[name] / 1e6, batch=batch, size=size,
                          ms_per_batch=seconds * 1e3, img_per_s=batch / seconds,
                          times_s=times.get(name, []), error=errors.get(name)))
-    common.add_ratio(rows, 'img_per_s', 'ratio_to_swin_t')
+    ratios.add_ratio(rows, 'img_per_s', 'ratio_to_swin_t')
     return rows
 
 
@@ -98,12 +102,12 @@ def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
         settings (Settings): Run options.
 
     Returns:
-        List[Dict[str, Any]]: See :func:`_common.evaluate_targets`: ``model``,
+        List[Dict[str, Any]]: See :func:`benchlib.ratios.evaluate_targets`: ``model``,
         ``reference``, ``min_ratio``, ``ratio``, ``met``, and ``at_target_setting`` (False
         when the run differs from 224x224 batch 32 CPU fp32, where the targets are defined).
     """
-    at_setting = common.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
-    return common.evaluate_targets(rows, TARGETS, at_setting)
+    at_setting = ratios.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
+    return ratios.evaluate_targets(rows, TARGETS, at_setting)
 
 
 def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
@@ -120,17 +124,17 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
         print(f'{r["model"]:<15}{r["params_m"]:>11.1f}{r["ms_per_batch"]:>11.1f}'
               f'{r["img_per_s"]:>10.1f}{ratio:>10}')
     for t in targets:
-        print(common.format_target(t, TARGET_SETTING_TEXT))
+        print(ratios.format_target(t, TARGET_SETTING_TEXT))
 
 
 def plot(rows: List[Dict[str, Any]], path: str, title: str) -> None:
     """Bar chart of images/s per model, labelled with the ratio to Swin-T."""
-    plt = common.pyplot()
+    plt = output.pyplot()
     rows = [r for r in rows if not r['error']]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
     names = [r['model'] for r in rows][::-1]
     values = [r['img_per_s'] for r in rows][::-1]
-    ax.barh(names, values, color=[common.model_colour(n) for n in names])
+    ax.barh(names, values, color=[output.model_colour(n) for n in names])
     for i, r in enumerate(rows[::-1]):
         label = f' {r["img_per_s"]:.1f}'
         if r['ratio_to_swin_t'] is not None:
@@ -150,18 +154,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = args.settings
     names = list(dict.fromkeys(args.models))
     header = (f'throughput at {args.size}x{args.size}, batch {args.batch}, median of '
-              f'{settings.repeat} interleaved rounds; {common.describe_settings(settings)}')
+              f'{settings.repeat} interleaved rounds; {output.describe_settings(settings)}')
     print(f'building {", ".join(names)} ...', flush=True)
     rows = measure(names, args.batch, args.size, settings)
     targets = check_targets(rows, args.batch, args.size, settings)
     print_table(rows, targets, header)
-    common.write_outputs(
+    output.write_outputs(
         args, dict(benchmark='throughput', batch=args.batch, size=args.size, rows=rows,
-                   targets=targets, environment=common.describe_environment(settings)),
+                   targets=targets, environment=output.describe_environment(settings)),
         lambda path: plot(rows, path, f'Backbone throughput, {args.size}x{args.size} batch '
-                          f'{args.batch}\n{common.describe_settings(settings)}'))
+                          f'{args.batch}\n{output.describe_settings(settings)}'))
     return 1 if all(r['error'] for r in rows) else 0
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

@@ -5,8 +5,8 @@
 The paper's Table 6 (section 4.4 of "DualFormer: Dual Path Transformer with Partition
 Attention") compares inference speed; users pay for training too. This script times full
 training steps (forward, backward, optimizer step) side by side, every model once per round
-in turn after warm-up, as ``throughput.py`` does for inference (see ``_common.py``), in two
-parts (``--parts``, both by default):
+in turn after warm-up, as ``throughput.py`` does for inference (see ``benchlib/measure.py``),
+in two parts (``--parts``, both by default):
 
 * ``backbone``: every model of ``--models`` with a linear classification head (global
   average pool of the last stage's output, ``nn.Linear(C, 1000)``), in train mode (BatchNorm
@@ -31,8 +31,8 @@ parts (``--parts``, both by default):
 Peak memory (``peak MiB``) is what a training process holds at the step's peak: the state
 kept between steps (weights, buffers, AdamW's two moments; for the backbones also the batch,
 while the detectors' preprocessor makes theirs inside the iteration) plus the most the step
-allocates on top (activations, gradients, temporaries; see ``_common.peak_memory_mib`` for
-exactly what is counted, on CPU and on CUDA). ``--det-rois`` lowers the RoIs the box and mask
+allocates on top (activations, gradients, temporaries; see ``benchlib.measure.peak_memory_mib``
+for exactly what is counted, on CPU and on CUDA). ``--det-rois`` lowers the RoIs the box and mask
 heads train on (512 per image in the configs) for quick checks of the script only.
 
 ``--amp`` runs the forward and the loss under ``torch.autocast`` (bf16 on CPU, fp16 on CUDA
@@ -55,28 +55,28 @@ Example:
 """
 import argparse
 import math
-import os.path as osp
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import _common as common  # noqa: I100  (sits next to this script)
-from _common import MODEL_ZOO, REFERENCE_MODEL, Settings, Target, parse_size
+from benchlib import detectors, options, output, ratios
+from benchlib.detectors import DET_CONFIGS, INSTANCES_PER_IMAGE
+from benchlib.errors import run_main
+from benchlib.measure import (median, peak_memory_all, state_mib, time_interleaved,
+                              training_state)
+from benchlib.options import Settings, autocast_context, parse_size
+from benchlib.ratios import Target
+from benchlib.zoo import (MODEL_ZOO, REFERENCE_MODEL, build_model, count_params,
+                          package_version, print_sources, resolve_sources)
 
 PARTS = ('backbone', 'detector')
 DEFAULT_MODELS = list(MODEL_ZOO)
 NUM_CLASSES = 1000  # ImageNet-1K, the classification head of the backbone part
 LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW of the backbone part (the value does not change speed)
-DET_CONFIGS = {
-    **{f'dualformer-{size}': osp.join(common.ROOT, 'configs', 'mmdet',
-                                      f'mask_rcnn_dualformer_{size}_1x.py')
-       for size in ('t', 'xs', 's', 'b')},
-    'swin-t': 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
-}
 DEFAULT_DET_MODELS = ['dualformer-s', 'swin-t']
-INSTANCES_PER_IMAGE = 7  # COCO train2017: 860k annotated instances over 118k images
+GRAD_SCALER_INIT = 2.0**16  # torch.amp.GradScaler's default initial loss scale
 # Training images/s and peak memory against Swin-T, and the setting they are defined at.
 TARGETS = (Target('dualformer-xs', 'img_per_s', '>=', 2.0, 'training img/s'),
            Target('dualformer-s', 'img_per_s', '>=', 1.2, 'training img/s'),
@@ -93,26 +93,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
                         help='what to measure: backbone (classification training step) and/or '
                         'detector (Mask R-CNN iteration) (default: both)')
-    common.add_model_arg(parser, DEFAULT_MODELS)
-    parser.add_argument('--batch', type=common.positive_int(1), default=16,
+    options.add_model_arg(parser, DEFAULT_MODELS)
+    parser.add_argument('--batch', type=options.positive_int(1), default=16,
                         help='images per backbone step (default: %(default)s)')
-    parser.add_argument('--size', type=common.positive_int(common.MIN_SIDE), default=224,
+    parser.add_argument('--size', type=options.positive_int(options.MIN_SIDE), default=224,
                         help='square input side of the backbone part (default: %(default)s)')
     parser.add_argument('--det-models', nargs='+', choices=list(DET_CONFIGS),
                         default=DEFAULT_DET_MODELS, metavar='MODEL',
                         help=f'Mask R-CNN backbones, from: {", ".join(DET_CONFIGS)} '
                         f'(default: {" ".join(DEFAULT_DET_MODELS)})')
-    parser.add_argument('--det-batch', type=common.positive_int(1), default=2,
+    parser.add_argument('--det-batch', type=options.positive_int(1), default=2,
                         help='images per Mask R-CNN iteration, as per GPU in the configs '
                         '(default: %(default)s)')
     parser.add_argument('--det-size', type=parse_size, default=(800, 1333), metavar='HxW',
                         help='Mask R-CNN image size, HEIGHTxWIDTH (default: 800x1333, the '
                         "configs' training scale)")
-    parser.add_argument('--det-rois', type=common.positive_int(1), default=None, metavar='N',
+    parser.add_argument('--det-rois', type=options.positive_int(1), default=None, metavar='N',
                         help="RoIs sampled per image for the box and mask heads (default: the "
                         "configs' 512); the RoI heads' cost grows with it, so lower it only "
                         'for quick checks of the script')
-    common.add_common_args(parser, warmup=1, repeat=3)
+    options.add_common_args(parser, warmup=1, repeat=3)
     args = parser.parse_args(argv)
     args.parts = list(dict.fromkeys(args.parts))
     if 'detector' in args.parts:
@@ -127,7 +127,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          "autocast on CPU, where mmcv's ops (the RPN's nms) take float32 only "
                          '("expected scalar type Float but found BFloat16"); add --parts '
                          'backbone, or use --device cuda')
-    args.settings = common.settings_from_args(parser, args)
+    args.settings = options.settings_from_args(parser, args)
     return args
 
 
@@ -140,8 +140,7 @@ class LinearClassifier(nn.Module):
         num_classes (int): Outputs of the head. Defaults to 1000.
 
     Example:
-        >>> import _common
-        >>> net = LinearClassifier(_common.build_model('dualformer-t'), 320)
+        >>> net = LinearClassifier(build_model('dualformer-t'), 320)
         >>> net(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 1000])
     """
@@ -169,7 +168,113 @@ def _loss_fn(model: nn.Module, x: torch.Tensor,
     return lambda: F.cross_entropy(model(x), labels)
 
 
-def settle_all(steps: Dict[str, common.TrainStep]) -> None:
+def needs_grad_scaler(settings: Settings) -> bool:
+    """Whether training under these settings scales its loss.
+
+    fp16 autocast gives fp16 gradients, whose small values underflow to zero unless the
+    loss is scaled up first (``torch.amp.GradScaler``), on any device. bf16 has fp32's
+    exponent range and, like fp32, needs no scaling.
+
+    Example:
+        >>> s = Settings(device='cuda', threads=1, amp=True, amp_dtype='fp16',
+        ...              channels_last=False, compile=False, warmup=0, repeat=1, iters=1)
+        >>> needs_grad_scaler(s)
+        True
+    """
+    return settings.amp and settings.amp_dtype == 'fp16'
+
+
+class TrainStep:
+    """One training step, as a closure for :func:`benchlib.measure.time_interleaved`.
+
+    Runs ``loss_fn`` (the forward and the loss) under the run's autocast, back-propagates
+    (through a ``torch.amp.GradScaler`` when :func:`needs_grad_scaler`), steps the optimizer
+    and sets the gradients to None, as training loops do between steps. No host
+    synchronisation of its own (the loss stays a tensor), so CUDA work queues as in
+    training; a GradScaler checks for overflow on the host, as it does in training.
+
+    Args:
+        loss_fn (Callable[[], torch.Tensor]): Forward and loss, returning the scalar loss.
+        optimizer (torch.optim.Optimizer): Steps the parameters that the loss depends on.
+        settings (Settings): Run options (device, autocast).
+
+    Example:
+        >>> net = nn.Linear(4, 2)
+        >>> s = Settings(device='cpu', threads=1, amp=False, amp_dtype=None,
+        ...              channels_last=False, compile=False, warmup=0, repeat=1, iters=1)
+        >>> step = TrainStep(lambda: net(torch.ones(3, 4)).square().mean(),
+        ...                  torch.optim.AdamW(net.parameters()), s)
+        >>> step(); step.scaler is None, net.weight.grad is None
+        (True, True)
+    """
+
+    def __init__(self, loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+                 settings: Settings) -> None:
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.settings = settings
+        self.scaler = (torch.amp.GradScaler(settings.device, init_scale=GRAD_SCALER_INIT)
+                       if needs_grad_scaler(settings) else None)
+        self.settled_scale = GRAD_SCALER_INIT
+        self.last_loss: Optional[torch.Tensor] = None  # kept in one buffer, see __call__
+
+    def __call__(self) -> None:
+        with autocast_context(self.settings):
+            loss = self.loss_fn()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # skips the step if a gradient overflowed
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # Copied into the same tensor every step: replacing it would free, inside the next
+        # step, a block allocated before it, which torch.profiler warns about.
+        if self.last_loss is None:
+            self.last_loss = loss.detach().clone()
+        else:
+            self.last_loss.copy_(loss.detach())
+
+    def last_loss_value(self) -> Optional[float]:
+        """The loss of the latest step as a float (one host sync), None before any step."""
+        return None if self.last_loss is None else float(self.last_loss)
+
+    def settle(self, max_steps: int = 24) -> int:
+        """Step until the GradScaler stops skipping steps; returns the steps run.
+
+        A GradScaler starts at a loss scale that overflows fp16 gradients and halves it at
+        every overflow, skipping that optimizer step; a training run does this in its first
+        iterations only. Timing those cheaper steps would misrepresent the run, so they are
+        run here, untimed. Without a GradScaler this does nothing.
+
+        Args:
+            max_steps (int): Give up after this many (the skips then show in
+                :meth:`skipped_steps`). Defaults to 24.
+        """
+        if self.scaler is None:
+            return 0
+        for steps in range(1, max_steps + 1):
+            before = self.scaler.get_scale()
+            self()
+            if self.scaler.get_scale() >= before:
+                break
+        self.settled_scale = self.scaler.get_scale()
+        return steps
+
+    def skipped_steps(self) -> int:
+        """Optimizer steps the GradScaler skipped since :meth:`settle` (or the start).
+
+        Each overflow halves the scale, and the scale only grows back after 2000 clean
+        steps (the GradScaler's growth interval, far more than a benchmark runs), so the
+        halvings count the skipped steps. 0 without a GradScaler.
+        """
+        if self.scaler is None:
+            return 0
+        return round(math.log2(self.settled_scale / self.scaler.get_scale()))
+
+
+def settle_all(steps: Dict[str, TrainStep]) -> None:
     """Let every fp16 GradScaler find its scale before timing (see ``TrainStep.settle``)."""
     for step in steps.values():
         try:
@@ -178,7 +283,7 @@ def settle_all(steps: Dict[str, common.TrainStep]) -> None:
             pass  # the timing meets the same error and reports it for this model
 
 
-def _finish_row(row: Dict[str, Any], step: common.TrainStep, seconds: float, images: int,
+def _finish_row(row: Dict[str, Any], step: TrainStep, seconds: float, images: int,
                 state: float, step_peak: float) -> None:
     """Fill in the timing, memory and loss fields shared by both parts."""
     row.update(img_per_s=images / seconds, state_mib=state, step_peak_mib=step_peak,
@@ -191,7 +296,7 @@ def measure_backbones(names: Sequence[str], batch: int, size: int,
     """Training step time and peak memory of every backbone with a linear head.
 
     Args:
-        names (Sequence[str]): Keys of :data:`_common.MODEL_ZOO`.
+        names (Sequence[str]): Keys of :data:`benchlib.zoo.MODEL_ZOO`.
         batch (int): Images per step.
         size (int): Square input side.
         settings (Settings): Run options.
@@ -204,118 +309,44 @@ def measure_backbones(names: Sequence[str], batch: int, size: int,
         sum), ``memory_ratio_to_swin_t``, ``loss`` (of the last step), ``skipped_steps``
         (fp16 steps the GradScaler skipped after settling), ``times_s`` and ``error``.
     """
-    sources = common.resolve_sources(names, settings)
-    common.print_sources(sources)
-    x = common.make_input(batch, size, size, settings)
+    sources = resolve_sources(names, settings.peer_source)
+    print_sources(sources)
+    x = options.make_input(batch, size, size, settings)
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, NUM_CLASSES, (batch, ), generator=gen).to(settings.device)
-    steps: Dict[str, common.TrainStep] = {}
+    steps: Dict[str, TrainStep] = {}
     models: Dict[str, nn.Module] = {}
     rows: Dict[str, Dict[str, Any]] = {}
     for name, source in sources.items():
         torch.manual_seed(0)
-        backbone = common.build_model(name, source, image_size=(size, size))
-        params = common.count_params(backbone)
+        backbone = build_model(name, source, image_size=(size, size))
+        params = count_params(backbone)
         backbone.to(settings.device)
         classifier = LinearClassifier(backbone, _last_channels(backbone, x[:1]))
         classifier.train()
-        model = common.prepare_model(classifier, settings)
+        model = options.prepare_model(classifier, settings)
         optimizer = torch.optim.AdamW(classifier.parameters(), lr=LR,
                                       weight_decay=WEIGHT_DECAY)
-        steps[name] = common.TrainStep(_loss_fn(model, x, labels), optimizer, settings)
+        steps[name] = TrainStep(_loss_fn(model, x, labels), optimizer, settings)
         models[name] = classifier
         rows[name] = dict(model=name, implementation=source.describe(), params_m=params / 1e6,
                           batch=batch, size=size)
     settle_all(steps)
-    times, errors = common.time_interleaved(steps, settings)
+    times, errors = time_interleaved(steps, settings)
     # After the timed steps, so AdamW's moments exist and count as state, not as the step's.
-    peaks = common.peak_memory_all(steps, settings, errors)
+    peaks = peak_memory_all(steps, settings, errors)
     for name, row in rows.items():
         step = steps[name]
-        seconds = common.median(times[name]) if name in times else math.nan
+        seconds = median(times[name]) if name in times else math.nan
         row.update(ms_per_step=seconds * 1e3, times_s=times.get(name, []),
                    error=errors.get(name))
-        state = common.state_mib(common.training_state(models[name], step.optimizer,
+        state = state_mib(training_state(models[name], step.optimizer,
                                                        (x, labels)))
         _finish_row(row, step, seconds, batch, state, peaks[name])
     rows_list = list(rows.values())
-    common.add_ratio(rows_list, 'img_per_s', 'ratio_to_swin_t')
-    common.add_ratio(rows_list, 'peak_mib', 'memory_ratio_to_swin_t')
+    ratios.add_ratio(rows_list, 'img_per_s', 'ratio_to_swin_t')
+    ratios.add_ratio(rows_list, 'peak_mib', 'memory_ratio_to_swin_t')
     return rows_list
-
-
-def check_detector_requirements() -> str:
-    """mmdet's version, or an error naming what the detector part needs."""
-    try:
-        import mmdet
-        from mmdet.testing import demo_mm_inputs  # noqa: F401
-    except ImportError as err:
-        raise common.BenchmarkError(
-            f'the detector part needs mmdet, which cannot be imported ({type(err).__name__}: '
-            f'{err}); install it ({common.PIP_MMDET}) or measure the backbones only with '
-            '--parts backbone') from None
-    return mmdet.__version__
-
-
-def config_path(name: str) -> str:
-    """The file of :data:`DET_CONFIGS` ``[name]``; ``mmdet::`` names one that mmdet ships."""
-    config = DET_CONFIGS[name]
-    if not config.startswith('mmdet::'):
-        return config
-    import mmdet
-    path = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', config[len('mmdet::'):])
-    if not osp.isfile(path):
-        raise common.BenchmarkError(
-            f'the {name} Mask R-CNN is built from {config}, which mmdet {mmdet.__version__} '
-            f'does not ship ({path} is missing); reinstall mmdet ({common.PIP_MMDET}) or leave '
-            f'{name} out of --det-models')
-    return path
-
-
-def build_detector(name: str, settings: Settings, rois: Optional[int] = None
-                   ) -> Tuple[nn.Module, torch.optim.Optimizer, int, int]:
-    """Build the Mask R-CNN of ``name`` from its config, in train mode on the device.
-
-    Args:
-        name (str): A key of :data:`DET_CONFIGS`.
-        settings (Settings): Run options (device).
-        rois (int, optional): RoIs sampled per image for the RoI heads, instead of the
-            config's.
-
-    Returns:
-        Tuple[nn.Module, torch.optim.Optimizer, int, int]: The detector, the config's
-        optimizer (with its parameter-wise settings), the number of classes and the RoIs
-        sampled per image.
-    """
-    import dualformer_mm  # noqa: F401  (registers DualFormer)
-    from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.optim import build_optim_wrapper
-
-    from dualformer_mm.utils import build_model_from_cfg
-    cfg = Config.fromfile(config_path(name))
-    if name == REFERENCE_MODEL:
-        # Its Pretrained init names a download; random weights time the same.
-        cfg.model.backbone.init_cfg = None
-    if rois is not None:
-        cfg.model.train_cfg.rcnn.sampler.num = rois
-    torch.manual_seed(0)
-    # Outside distributed runs the Runner turns SyncBN back into BatchNorm; so does this.
-    model = revert_sync_batchnorm(build_model_from_cfg(cfg))
-    model.init_weights()
-    model.to(settings.device)
-    model.train()
-    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
-    return (model, optimizer, cfg.model.roi_head.bbox_head.num_classes,
-            cfg.model.train_cfg.rcnn.sampler.num)
-
-
-def detection_batch(batch: int, height: int, width: int, num_classes: int) -> Dict[str, Any]:
-    """Generated COCO-style training data: images, boxes, labels and bitmap masks."""
-    from mmdet.testing import demo_mm_inputs
-    return demo_mm_inputs(batch_size=batch, image_shapes=(3, height, width),
-                          num_items=[INSTANCES_PER_IMAGE] * batch, num_classes=num_classes,
-                          with_mask=True)
 
 
 def _backbone_fn(model: nn.Module, inputs: torch.Tensor,
@@ -323,7 +354,7 @@ def _backbone_fn(model: nn.Module, inputs: torch.Tensor,
     """Forward and backward of the detector's backbone alone, as in the iteration."""
 
     def run() -> None:
-        with common.autocast_context(settings):
+        with autocast_context(settings):
             total = sum(f.float().mean() for f in model.backbone(inputs))
         # Every output gets a gradient, so backward runs through the whole backbone.
         total.backward()
@@ -359,53 +390,51 @@ def measure_detectors(names: Sequence[str], batch: int, height: int, width: int,
 
     # init_weights logs every parameter's init at INFO; warnings (no checkpoint) still show.
     MMLogger.get_instance('train_step', log_level='WARNING')
-    dualformer = f'dualformer_mm {common.package_version("dualformer_mm") or ""}'.strip()
+    dualformer = f'dualformer_mm {package_version("dualformer_mm") or ""}'.strip()
     fns: Dict[str, Callable[[], None]] = {}
-    steps: Dict[str, common.TrainStep] = {}
+    steps: Dict[str, TrainStep] = {}
     models: Dict[str, nn.Module] = {}
     rows: Dict[str, Dict[str, Any]] = {}
     data = None
     for name in dict.fromkeys(names):
-        model, optimizer, num_classes, sampled = build_detector(name, settings, rois)
+        model, optimizer, num_classes, sampled = detectors.build_detector(name, settings, rois)
         if data is None:
-            data = detection_batch(batch, height, width, num_classes)
+            data = detectors.detection_batch(batch, height, width, num_classes)
 
         def loss_fn(model: nn.Module = model) -> torch.Tensor:
             losses = model(**model.data_preprocessor(data, True), mode='loss')
             return model.parse_losses(losses)[0]
 
-        steps[name] = fns[name] = common.TrainStep(loss_fn, optimizer, settings)
+        steps[name] = fns[name] = TrainStep(loss_fn, optimizer, settings)
         models[name] = model
         inputs = model.data_preprocessor(data, True)['inputs']
         fns[f'{name} backbone'] = _backbone_fn(model, inputs, settings)
         uses = f'{dualformer} in mmdet {mmdet_version}' if name != REFERENCE_MODEL else (
             f'mmdet {mmdet_version}')
-        config = DET_CONFIGS[name]
-        rows[name] = dict(model=name,
-                          config=osp.relpath(config, common.ROOT) if osp.isabs(config) else config,
-                          implementation=uses, params_m=common.count_params(model) / 1e6,
-                          backbone_params_m=common.count_params(model.backbone) / 1e6,
+        rows[name] = dict(model=name, config=detectors.config_label(name),
+                          implementation=uses, params_m=count_params(model) / 1e6,
+                          backbone_params_m=count_params(model.backbone) / 1e6,
                           batch=batch, height=height, width=width,
                           padded=list(inputs.shape[-2:]), rois_per_image=sampled)
         print(f'  {name}: {rows[name]["config"]} ({uses})', flush=True)
     settle_all(steps)
-    times, errors = common.time_interleaved(fns, settings)
-    peaks = common.peak_memory_all(steps, settings, errors)
+    times, errors = time_interleaved(fns, settings)
+    peaks = peak_memory_all(steps, settings, errors)
     for name, row in rows.items():
         step = steps[name]
-        seconds = common.median(times[name]) if name in times else math.nan
+        seconds = median(times[name]) if name in times else math.nan
         backbone = f'{name} backbone'
-        backbone_s = common.median(times[backbone]) if backbone in times else math.nan
+        backbone_s = median(times[backbone]) if backbone in times else math.nan
         row.update(ms_per_iter=seconds * 1e3, backbone_ms=backbone_s * 1e3,
                    backbone_share=backbone_s / seconds if math.isfinite(backbone_s) else None,
                    times_s=times.get(name, []), backbone_times_s=times.get(backbone, []),
                    error=errors.get(name), backbone_error=errors.get(backbone))
         # The batch is made inside the step (data preprocessor), so the step counts it.
-        state = common.state_mib(common.training_state(models[name], step.optimizer))
+        state = state_mib(training_state(models[name], step.optimizer))
         _finish_row(row, step, seconds, batch, state, peaks[name])
     rows_list = list(rows.values())
-    common.add_ratio(rows_list, 'img_per_s', 'ratio_to_swin_t')
-    common.add_ratio(rows_list, 'peak_mib', 'memory_ratio_to_swin_t')
+    ratios.add_ratio(rows_list, 'img_per_s', 'ratio_to_swin_t')
+    ratios.add_ratio(rows_list, 'peak_mib', 'memory_ratio_to_swin_t')
     return rows_list
 
 
@@ -420,11 +449,11 @@ def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
         settings (Settings): Run options.
 
     Returns:
-        List[Dict[str, Any]]: See :func:`_common.evaluate_targets`; ``at_target_setting`` is
+        List[Dict[str, Any]]: See :func:`_ratios.evaluate_targets`; ``at_target_setting`` is
         False unless the run is at 224x224 batch 16 on CPU in fp32.
     """
-    at_setting = common.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
-    return common.evaluate_targets(rows, TARGETS, at_setting)
+    at_setting = ratios.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
+    return ratios.evaluate_targets(rows, TARGETS, at_setting)
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
@@ -467,7 +496,7 @@ def print_backbone_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any
           'allocates on top; peak = state + step')
     _warnings(rows)
     for t in targets:
-        print(common.format_target(t, TARGET_SETTING_TEXT))
+        print(ratios.format_target(t, TARGET_SETTING_TEXT))
 
 
 def print_detector_table(rows: List[Dict[str, Any]], header: str) -> None:
@@ -497,13 +526,13 @@ def print_detector_table(rows: List[Dict[str, Any]], header: str) -> None:
 def plot(backbone_rows: Optional[List[Dict[str, Any]]],
          detector_rows: Optional[List[Dict[str, Any]]], path: str, title: str) -> None:
     """Bar charts: training images/s per backbone; Mask R-CNN s/iter with the backbone's part."""
-    plt = common.pyplot()
+    plt = output.pyplot()
     panels = [p for p in (('backbone', backbone_rows), ('detector', detector_rows)) if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
     for ax, (part, rows) in zip(axes[0], panels):
         rows = [r for r in rows if not r['error']][::-1]
         names = [r['model'] for r in rows]
-        colours = [common.model_colour(n) for n in names]
+        colours = [output.model_colour(n) for n in names]
         if part == 'backbone':
             values = [r['img_per_s'] for r in rows]
             ax.barh(names, values, color=colours)
@@ -535,14 +564,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Measure, print, and write the requested outputs; returns the exit status."""
     args = parse_args(argv)
     settings = args.settings
-    describe = common.describe_settings(settings)
+    describe = output.describe_settings(settings)
     det_height, det_width = args.det_size
     # Every part's packages and configs are checked before minutes of measuring.
     mmdet_version = None
     if 'detector' in args.parts:
-        mmdet_version = check_detector_requirements()
+        mmdet_version = detectors.check_detector_requirements()
         for name in args.det_models:
-            config_path(name)
+            detectors.config_path(name)
     backbone_rows = detector_rows = None
     targets: List[Dict[str, Any]] = []
     if 'backbone' in args.parts:
@@ -586,8 +615,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             batch=args.det_batch, height=det_height, width=det_width,
             instances_per_image=INSTANCES_PER_IMAGE, rois_per_image=args.det_rois,
             rows=detector_rows),
-        targets=targets, environment=common.describe_environment(settings))
-    common.write_outputs(args, payload,
+        targets=targets, environment=output.describe_environment(settings))
+    output.write_outputs(args, payload,
                          lambda path: plot(backbone_rows, detector_rows, path,
                                            f'Training speed; {describe}'))
     rows = (backbone_rows or []) + (detector_rows or [])
@@ -595,4 +624,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

@@ -1,0 +1,23 @@
+# Copyright (c) dualformer-mm contributors.
+"""Shared pieces of the backbone benchmarks (paper section 4.4, Table 6, and section 3.2).
+
+Used by ``throughput.py`` (images/s, the comparison of Table 6 of "DualFormer: Dual Path
+Transformer with Partition Attention"), ``resolution_scaling.py`` (latency and memory against
+input size, the linear-complexity claim of MHPA in section 3.2), ``train_step.py`` (training
+steps of the backbones and of Mask R-CNN) and ``bench_ops.py`` (the partition ops). The
+scripts import it as a sibling package (``from benchlib import zoo``): a script run as
+``python tools/benchmarks/x.py`` has its own folder on ``sys.path``.
+
+* :mod:`.zoo`: the benchmarked backbones by name and where each comes from (this package,
+  mmpretrain, mmdet, or timm through :mod:`.timm_features`).
+* :mod:`.detectors`: the Mask R-CNNs of the training benchmark, built from their configs.
+* :mod:`.options`: the shared command-line options, the :class:`~.options.Settings` they give,
+  and what they do to a model and its input.
+* :mod:`.measure`: interleaved timing and the peak memory of a call.
+* :mod:`.ratios`: ratios to Swin-T and the project's targets.
+* :mod:`.output`: the environment of a run, JSON and charts.
+* :mod:`.errors`: the errors the scripts report without a traceback.
+
+Nothing here imports a toolbox or timm at module level: a machine with only torch, timm and
+this package runs the DualFormer and timm models.
+"""

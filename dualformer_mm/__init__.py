@@ -20,6 +20,12 @@ from .utils.checkpoint import allow_mmengine_checkpoints  # noqa: E402
 # DUALFORMER_SAFE_GLOBALS=0 leaves torch's allowlist untouched.
 allow_mmengine_checkpoints()
 
+# With timm installed, dualformer_t/_xs/_s/_b join its registry when timm is imported
+# (dualformer_mm/integrations); timm is not imported here.
+from .integrations import register_timm_models_on_import  # noqa: E402
+
+register_timm_models_on_import()
+
 __all__ = [
     'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'CPUSyncBatchNorm',
     'RandomStateHook', '__version__'

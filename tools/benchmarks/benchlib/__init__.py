@@ -16,6 +16,7 @@ scripts import it as a sibling package (``from benchlib import zoo``): a script 
 * :mod:`.measure`: interleaved timing and the peak memory of a call.
 * :mod:`.ratios`: ratios to Swin-T and the project's targets.
 * :mod:`.output`: the environment of a run, JSON and charts.
+* :mod:`.train_report`: the tables and chart of ``train_step.py``.
 * :mod:`.errors`: the errors the scripts report without a traceback.
 
 Nothing here imports a toolbox or timm at module level: a machine with only torch, timm and

@@ -54,13 +54,15 @@ class Budget:
         0.002
     """
 
+    # The defaults are the schedule of configs/demo/cls_dualformer_t_demo.py: 4 epochs of the
+    # demo's 480 images, one of them warm-up.
     arch: str = 't'
-    steps: int = 300
+    steps: int = 60
     batch_size: int = 32
     img_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 20
+    warmup_steps: int = 15
     min_crop: float = 0.6
     drop_path_rate: float = 0.0
 

@@ -61,8 +61,8 @@ SETS: Dict[str, List[str]] = {
     'readings': ['full', 'intra-token'],
 }
 
-# Options that the tool sets itself or that make no sense to vary between variants.
-RESERVED = ('arch', 'in_channels', 'out_indices', 'frozen_stages', 'init_cfg')
+# Options of the shared budget (--arch, --drop-path-rate) and of the classifier, not of a variant.
+RESERVED = ('arch', 'drop_path_rate', 'in_channels', 'out_indices', 'frozen_stages', 'init_cfg')
 
 
 class VariantError(ValueError):

@@ -222,7 +222,7 @@ PAPER = [
     Recipe(ADE, 'auto_scale_lr base batch', lambda c: c.auto_scale_lr.base_batch_size, 32,
            S43_BATCH),
     Recipe(ADE, 'iterations', lambda c: (c.train_cfg.type, c.train_cfg.max_iters),
-           ('IterBasedTrainLoop', 80000), S43_BATCH),
+           ('SeededIterBasedTrainLoop', 80000), S43_BATCH),
 ]
 
 PVT_1X = 'whai362/PVT detection/configs/mask_rcnn_pvt_s_fpn_1x_coco.py'

@@ -15,6 +15,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 CONFIG = """
 _base_ = ['{root}/configs/demo/cls_dualformer_t_demo.py']
+# Stochastic depth draws from the main process's torch generator, so the hook matters.
+model = dict(backbone=dict(drop_path_rate=0.1))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root='{data}'))
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root='{data}'))
@@ -29,7 +31,7 @@ randomness = dict(seed=0, deterministic=True)
 
 @pytest.fixture(scope='module')
 def config(tmp_path_factory):
-    """A 4-epoch classifier run on 10 synthetic images, with random crops and flips."""
+    """A 4-epoch classifier run on synthetic images, with random crops and flips."""
     tmp = tmp_path_factory.mktemp('resume')
     make_demo_datasets(str(tmp / 'data'), seed=0, scale=0.02)
     path = tmp / 'cls_resume.py'
@@ -37,9 +39,9 @@ def config(tmp_path_factory):
     return str(path)
 
 
-def train(config, work_dir, *extra):
-    """Start tools/train.py in a new process."""
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+def train(config, work_dir, *extra, env=None):
+    """Start tools/train.py in a new process (``env``: extra environment variables)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
     return subprocess.Popen([sys.executable, 'tools/train.py', config, '--work-dir',
                              str(work_dir), *extra], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -133,3 +135,89 @@ def test_two_process_resume_restores_each_ranks_random_state(config, tmp_path):
     assert "every rank restores rank 0's" in log
     other = torch.load(tmp_path / 'rank0' / 'epoch_2.pth', map_location='cpu')['state_dict']
     assert any(not torch.equal(expected[k], other[k]) for k in expected)
+
+
+# Records a digest of every training batch's images (after the random crops and flips).
+DIGEST_HOOK = """
+import hashlib
+import json
+import os.path as osp
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class BatchDigestHook(Hook):
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        digest = hashlib.sha256()
+        for image in data_batch['inputs']:
+            digest.update(image.numpy().tobytes())
+        with open(osp.join(runner.work_dir, 'batches.jsonl'), 'a') as f:
+            f.write(json.dumps([runner.epoch, batch_idx, digest.hexdigest()]) + '\\n')
+"""
+
+WORKERS = """
+_base_ = ['{config}']
+custom_imports = dict(imports=['dualformer_mm', 'batch_digest'], allow_failed_imports=False)
+custom_hooks = [dict(type='RandomStateHook'), dict(type='BatchDigestHook')]
+train_dataloader = dict(num_workers=2, persistent_workers=True)
+val_dataloader = dict(num_workers=2, persistent_workers=True)
+test_dataloader = val_dataloader
+# Validation after every epoch, so that a resumed run validates in epochs where the
+# interrupted one did not start a new validation iterator.
+train_cfg = dict(val_interval=1)
+"""
+
+
+def batch_digests(work_dir):
+    """{epoch: [digest of each batch]} from BatchDigestHook's file."""
+    import json
+    epochs = {}
+    for line in (work_dir / 'batches.jsonl').read_text().splitlines():
+        epoch, _, digest = json.loads(line)
+        epochs.setdefault(epoch, []).append(digest)
+    return epochs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_resume_with_persistent_workers_loads_the_same_batches(config, tmp_path):
+    """2 persistent workers: a run resumed after epoch 2 trains on the uninterrupted run's
+    augmented batches and ends with its weights; with mmengine's loop (the control) it does not.
+    """
+    (tmp_path / 'batch_digest.py').write_text(DIGEST_HOOK)
+    workers = tmp_path / 'cls_workers.py'
+    workers.write_text(WORKERS.format(config=config))
+    env = dict(PYTHONPATH=str(tmp_path))
+
+    def run(work_dir, *extra):
+        proc = train(str(workers), tmp_path / work_dir, *extra, env=env)
+        log = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, log[-3000:]
+        return log
+
+    results = {}
+    for loop in ('SeededEpochBasedTrainLoop', 'EpochBasedTrainLoop'):
+        options = ['--cfg-options', f'train_cfg.type={loop}']
+        full_log = run(f'{loop}-full', *options)
+        resumed_log = run(f'{loop}-resumed', '--resume',
+                          str(tmp_path / f'{loop}-full' / 'epoch_2.pth'), *options)
+        full = batch_digests(tmp_path / f'{loop}-full')
+        resumed = batch_digests(tmp_path / f'{loop}-resumed')
+        assert sorted(full) == [0, 1, 2, 3] and sorted(resumed) == [2, 3]
+        results[loop] = full, resumed, full_log + resumed_log
+        assert len(set(full[0]) & set(full[2])) == 0  # the epochs' augmentations differ
+
+    full, resumed, log = results['SeededEpochBasedTrainLoop']
+    assert resumed[2] == full[2] and resumed[3] == full[3]
+    assert 'no per-sample random streams' not in log
+    expected = final_weights(tmp_path / 'SeededEpochBasedTrainLoop-full')
+    got = final_weights(tmp_path / 'SeededEpochBasedTrainLoop-resumed')
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+    # The control: the workers of mmengine's loop start their streams again on resume.
+    full, resumed, log = results['EpochBasedTrainLoop']
+    assert resumed[2] != full[2]
+    assert 'the training dataloader has workers but no per-sample random streams' in log

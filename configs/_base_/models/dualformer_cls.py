@@ -1,7 +1,9 @@
 # DualFormer image classifier (paper section 4.1): GAP over the last stage + linear head.
 # DeiT-style mixup/cutmix and label smoothing, as the paper's recipe follows DeiT [43].
 custom_imports = dict(imports=['dualformer_mm'], allow_failed_imports=False)
-# Checkpoints carry the random states, so a resumed run continues the interrupted one exactly.
+# Checkpoints carry the main process's random states (RandomStateHook) and our schedules' loops
+# seed each sample's augmentation, so with a fixed randomness.seed a resumed run continues the
+# interrupted one exactly, with any number of data workers (docs/reliability.md).
 custom_hooks = [dict(type='RandomStateHook')]
 model = dict(
     type='ImageClassifier',

@@ -1,7 +1,9 @@
 # Mask R-CNN + FPN on a DualFormer backbone (paper section 4.2, Table 3); sizes set arch/channels.
 _base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
 custom_imports = dict(imports=['dualformer_mm'], allow_failed_imports=False)
-# Checkpoints carry the random states, so a resumed run continues the interrupted one exactly.
+# Checkpoints carry the main process's random states (RandomStateHook) and our schedules' loops
+# seed each sample's augmentation, so with a fixed randomness.seed a resumed run continues the
+# interrupted one exactly, with any number of data workers (docs/reliability.md).
 custom_hooks = [dict(type='RandomStateHook')]
 
 model = dict(

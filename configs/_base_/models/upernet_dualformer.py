@@ -2,7 +2,9 @@
 # arch/channels. The heads are mmseg's UperNet of Swin (PPM + FPN, auxiliary FCN on stage 3).
 _base_ = 'mmseg::_base_/models/upernet_swin.py'
 custom_imports = dict(imports=['dualformer_mm'], allow_failed_imports=False)
-# Checkpoints carry the random states, so a resumed run continues the interrupted one exactly.
+# Checkpoints carry the main process's random states (RandomStateHook) and our schedules' loops
+# seed each sample's augmentation, so with a fixed randomness.seed a resumed run continues the
+# interrupted one exactly, with any number of data workers (docs/reliability.md).
 custom_hooks = [dict(type='RandomStateHook')]
 
 # Batches are padded to the 512x512 training crop of the dataset config.

@@ -11,3 +11,7 @@ param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=8000
                         by_epoch=False)]
 # Other batch sizes: --auto-scale-lr scales lr by (GPUs x images per GPU) / 32.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
+# mmengine's loop, except that each training sample's augmentation draws from streams seeded by
+# the run's seed, the epoch and its position, so that a resumed run loads the batches of the
+# run it continues with any number of data workers (dualformer_mm/engine/loops.py).
+train_cfg = dict(type='SeededIterBasedTrainLoop')

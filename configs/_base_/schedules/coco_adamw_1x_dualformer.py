@@ -8,3 +8,7 @@ optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-4))
 # Other batch sizes: --auto-scale-lr scales lr by (GPUs x images per GPU) / 16.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+# mmengine's loop, except that each training sample's augmentation draws from streams seeded by
+# the run's seed, the epoch and its position, so that a resumed run loads the batches of the
+# run it continues with any number of data workers (dualformer_mm/engine/loops.py).
+train_cfg = dict(type='SeededEpochBasedTrainLoop')

@@ -23,7 +23,10 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', T_max=285, eta_min=1e-5, by_epoch=True, begin=5, end=290,
          convert_to_iter_based=True),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
+# mmengine's loop, except that each training sample's augmentation draws from streams seeded by
+# the run's seed, the epoch and its position, so that a resumed run loads the batches of the
+# run it continues with any number of data workers (dualformer_mm/engine/loops.py).
+train_cfg = dict(type='SeededEpochBasedTrainLoop', max_epochs=300, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 # lr 1e-3 is for 8 GPUs x 128 images; other batch sizes scale it with --auto-scale-lr.

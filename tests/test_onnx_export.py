@@ -1,0 +1,178 @@
+"""ONNX export of the backbone, classifier, segmentor and detector backbone+FPN
+(tools/deployment/pytorch2onnx.py), each checked in ONNX Runtime against the toolbox's own
+PyTorch computation.
+
+DualFormer-T at small sizes in the normal suite: a dynamic backbone export checked where an
+MHPA sees fewer tokens than partitions (64x96: 6 tokens for 8 partitions) and where all see
+many more (224x160 at least 35, up to 140); the segmentor's whole inference and the detector's
+backbone+FPN at 64x64; the classifier through the command line with a checkpoint; the
+TorchScript exporter of torch 2.1-2.4. Every size, every part: the ``slow`` test.
+"""
+import doctest
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dualformer_mm import compat
+from dualformer_mm.utils import build_model_from_cfg
+from tests.utils import ARCHS
+
+pytest.importorskip('onnx', reason='onnx is not installed (requirements/tests.txt pins it)')
+ort = pytest.importorskip('onnxruntime',
+                          reason='onnxruntime is not installed (requirements/tests.txt pins it)')
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(ROOT, 'tools', 'deployment')
+sys.path.insert(0, TOOLS)
+import _onnx  # noqa: E402
+import _targets  # noqa: E402
+import _tensorrt  # noqa: E402
+import pytorch2onnx  # noqa: E402
+
+CLS = osp.join(ROOT, 'configs', 'mmpretrain', 'dualformer_{}_in1k.py')
+SEG = osp.join(ROOT, 'configs', 'mmseg', 'upernet_dualformer_{}_ade20k.py')
+DET = osp.join(ROOT, 'configs', 'mmdet', 'mask_rcnn_dualformer_{}_1x.py')
+# Outputs are O(1); ONNX Runtime and PyTorch differ by float32 rounding (1e-7..1e-6 measured).
+ATOL = 1e-4
+
+
+def _randomise_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Running statistics away from 0/1, so that the check sees them used."""
+    gen = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_(0, 0.1, generator=gen)
+            module.running_var.uniform_(0.5, 1.5, generator=gen)
+    return model
+
+
+def _export_and_check(target, tmp_path, shape, dynamic=False, sizes=None, exporter='auto'):
+    _randomise_statistics(target.module)
+    path = str(tmp_path / 'model.onnx')
+    images = torch.randn(*shape)
+    used = _onnx.export(target.module, images, path, target.output_names, dynamic=dynamic,
+                        exporter=exporter)
+    session = _onnx.session(path)
+    results = [_onnx.check(target, path, torch.randn(*s), session) for s in (sizes or [shape])]
+    return used, path, results
+
+
+def test_backbone_dynamic_export_in_both_partition_regimes(tmp_path):
+    target = _targets.build_target(CLS.format('t'), part='backbone')
+    assert target.output_names == ['stage1', 'stage2', 'stage3', 'stage4']
+    _, path, (few, many, batch3) = _export_and_check(
+        target, tmp_path, (2, 3, 64, 96), dynamic=True,
+        sizes=[(2, 3, 64, 96), (1, 3, 224, 160), (3, 3, 128, 64)])
+    assert few.min_tokens < few.partitions == 8  # stage 4: a 2x3 map, 6 tokens
+    assert many.min_tokens >= 4 * many.partitions and many.max_tokens == 140
+    for result in (few, many, batch3):
+        assert result.max_abs_diff <= ATOL, result.describe()
+        assert result.max_abs_ref > 0.1  # the outputs are not all near zero
+    # The partition ops became native ONNX operators (their reference decomposition).
+    types = _onnx.op_types(path)
+    assert {'ScatterElements', 'ScatterND', 'Einsum'} <= set(types)
+    assert not [op for op in types if 'dualformer' in op.lower()]
+    # For TensorRT's parser: no ScatterND with a reduction, the same numbers.
+    assert _tensorrt.rewrite_file(path) == (types['ScatterND'], 0)
+    types_trt = _onnx.op_types(path)
+    assert 'ScatterND' not in types_trt
+    assert types_trt['ScatterElements'] == types['ScatterElements'] + types['ScatterND']
+    session = _onnx.session(path)
+    for images in (torch.randn(2, 3, 64, 96), torch.randn(1, 3, 224, 160)):
+        result = _onnx.check(target, path, images, session)
+        assert result.max_abs_diff <= ATOL, result.describe()
+
+
+def test_segmentor_export_is_the_whole_inference(tmp_path):
+    target = _targets.build_target(SEG.format('t'))
+    assert target.output_names == ['seg_logits']
+    _, path, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64))
+    assert result.max_abs_diff <= ATOL, result.describe()
+    # Resized to the input inside the graph: 150 ADE20K classes at 64x64.
+    session = _onnx.session(path)
+    assert session.run(None, {'images': torch.randn(1, 3, 64, 64).numpy()})[0].shape == \
+        (1, 150, 64, 64)
+
+
+def test_detector_export_is_backbone_and_fpn(tmp_path):
+    target = _targets.build_target(DET.format('t'))
+    assert target.output_names == [f'fpn{i}' for i in range(5)] and target.size_divisor == 32
+    assert 'mmdeploy' in _targets.DETECTOR_HEADS_NOTE
+    _, path, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64))
+    assert result.max_abs_diff <= ATOL, result.describe()
+    outs = _onnx.session(path).run(None, {'images': torch.randn(1, 3, 64, 64).numpy()})
+    assert [o.shape for o in outs] == [(1, 256, 16, 16), (1, 256, 8, 8), (1, 256, 4, 4),
+                                       (1, 256, 2, 2), (1, 256, 1, 1)]
+
+
+def test_command_line_classifier_with_checkpoint(tmp_path):
+    classifier = _randomise_statistics(build_model_from_cfg(CLS.format('t'))).eval()
+    checkpoint, out = str(tmp_path / 'cls.pth'), str(tmp_path / 'cls.onnx')
+    torch.save(dict(meta=dict(epoch=1), state_dict=classifier.state_dict()), checkpoint)
+    result = subprocess.run(
+        [sys.executable, osp.join(TOOLS, 'pytorch2onnx.py'), CLS.format('t'), checkpoint,
+         '--out', out, '--shape', '64', '64'], cwd=ROOT, capture_output=True, text=True,
+        timeout=900, env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'classifier logits' in result.stdout and f'loaded {checkpoint}' in result.stdout
+    assert 'opset 18' in result.stdout and 'max |onnxruntime - pytorch|' in result.stdout
+    # The file holds the checkpoint's weights.
+    x = torch.randn(1, 3, 64, 64)
+    got = _onnx.session(out).run(None, {'images': x.numpy()})[0]
+    with torch.no_grad():
+        want = classifier(x, mode='tensor')
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=ATOL)
+
+
+def test_torchscript_exporter(tmp_path):
+    # The only exporter of torch 2.1-2.4; forced here on this torch.
+    target = _targets.build_target(CLS.format('t'), part='backbone')
+    used, _, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64),
+                                            exporter='torchscript')
+    assert used == 'torchscript'
+    assert result.max_abs_diff <= ATOL, result.describe()
+
+
+def test_bad_requests_name_what_is_accepted(capsys):
+    with pytest.raises(ValueError, match=r"--part must be one of \('auto', 'backbone', "
+                       r"'classifier'\) for a mmpretrain config, got 'segmentor'"):
+        _targets.build_target(CLS.format('t'), part='segmentor')
+    assert pytorch2onnx.main([DET.format('t'), '--out', 'x.onnx', '--shape', '100', '96']) == 2
+    assert 'multiples of 32' in capsys.readouterr().err
+    assert pytorch2onnx.main([CLS.format('t'), '--out', 'x.onnx', '--shape', '65', '64',
+                              '--dynamic']) == 2
+    assert '--dynamic takes sides that are multiples of 32' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pytorch2onnx.parse_args([CLS.format('t'), '--out', 'x.onnx', '--shape', '64', '64',
+                                 '--check-shape', '96', '96'])
+    assert '--check-shape needs --dynamic' in capsys.readouterr().err
+    if not compat.HAS_DYNAMO_ONNX_EXPORT:
+        with pytest.raises(_onnx.DeploymentError, match='needs torch >= 2.5'):
+            _onnx.resolve_exporter('dynamo')
+    assert not osp.exists('x.onnx')
+
+
+def test_docstring_examples():
+    for module in (_onnx, _targets, _tensorrt):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', ARCHS)
+def test_every_size_and_part(arch, tmp_path):
+    cases = [(CLS, 'classifier', (1, 3, 224, 224), False, None),
+             (SEG, 'segmentor', (2, 3, 256, 256), True,
+              [(2, 3, 256, 256), (1, 3, 64, 96), (1, 3, 512, 384)]),
+             (DET, 'detector', (1, 3, 256, 320), False, None),
+             (DET, 'backbone', (1, 3, 256, 320), False, None)]
+    for config, part, shape, dynamic, sizes in cases:
+        target = _targets.build_target(config.format(arch), part=part)
+        _, _, results = _export_and_check(target, tmp_path, shape, dynamic, sizes)
+        for result in results:
+            assert result.max_abs_diff <= ATOL * max(1.0, result.max_abs_ref), \
+                f'{arch} {part}: {result.describe()}'

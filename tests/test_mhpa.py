@@ -11,6 +11,7 @@ from dualformer_mm import ops
 from dualformer_mm.models.backbones.dualformer import PartitionAttention
 
 HEADS, DIMS, PARTS = 2, 32, 4
+IMPORTANCE = ['partition', 'joint']
 
 
 def run_and_capture(attn: PartitionAttention, x: torch.Tensor) -> dict:
@@ -39,9 +40,10 @@ def run_and_capture(attn: PartitionAttention, x: torch.Tensor) -> dict:
                 paths=per_head(seen['paths']))
 
 
-def make_attention(**kwargs) -> PartitionAttention:
+def make_attention(**attn_cfg) -> PartitionAttention:
     torch.manual_seed(0)
-    return PartitionAttention(DIMS, HEADS, num_partitions=PARTS, sr_ratio=2, **kwargs).eval()
+    return PartitionAttention(DIMS, HEADS, num_partitions=PARTS, sr_ratio=2,
+                              attn_cfg=attn_cfg).eval()
 
 
 @pytest.fixture(autouse=True, params=['reference', 'ext'])
@@ -50,8 +52,9 @@ def backend(request):
         yield
 
 
-def test_importance_sums_to_one_over_non_empty_partitions():
-    attn = make_attention()
+@pytest.mark.parametrize('importance', IMPORTANCE)
+def test_importance_sums_to_one_over_non_empty_partitions(importance):
+    attn = make_attention(inter_importance=importance)
     desc = torch.randn(6, PARTS, DIMS // HEADS)
     counts = torch.randint(0, 5, (6, PARTS))
     counts[0] = torch.tensor([0, 7, 0, 0])  # a single non-empty partition: weight 1
@@ -64,9 +67,10 @@ def test_importance_sums_to_one_over_non_empty_partitions():
     assert weights[0].tolist() == [0.0, 1.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize('importance', IMPORTANCE)
 @pytest.mark.parametrize('intra', ['pool', 'token'])
-def test_every_token_of_a_partition_receives_its_partition_features(intra):
-    attn = make_attention(intra=intra)
+def test_every_token_of_a_partition_receives_its_partition_features(intra, importance):
+    attn = make_attention(intra=intra, inter_importance=importance)
     got = run_and_capture(attn, torch.randn(2, DIMS, 12, 10))
     tokens, values, codes, paths = got['tokens'], got['values'], got['codes'], got['paths']
     d = attn.head_dims
@@ -143,6 +147,63 @@ def test_k1_output_is_the_input_plus_the_aggregation():
     torch.testing.assert_close(out, x + y)
 
 
-def test_invalid_intra_is_named():
-    with pytest.raises(ValueError, match=r"intra must be one of \('pool', 'token'\)"):
-        PartitionAttention(DIMS, HEADS, intra='mean')
+def test_invalid_options_are_named():
+    with pytest.raises(ValueError, match=r"attn_cfg\['intra'\] must be one of \('pool', 'token'\)"):
+        PartitionAttention(DIMS, HEADS, attn_cfg=dict(intra='mean'))
+    with pytest.raises(ValueError, match=r"attn_cfg has no option 'intro'"):
+        PartitionAttention(DIMS, HEADS, attn_cfg=dict(intro='pool'))
+
+
+def importance_logits(attn: PartitionAttention, desc: torch.Tensor) -> torch.Tensor:
+    """Eq. 9's coefficients before the normalisation, ``m_k = sigmoid(FC(GELU(FC(.))))``,
+    computed here from the module's weights: (G, K, d) -> (G, K)."""
+    fc1, fc2 = attn.importance[0], attn.importance[2]
+    if attn.cfg.inter_importance == 'partition':
+        inputs = desc  # each partition's own descriptor
+    else:
+        inputs = desc.flatten(1)  # the K descriptors of a head, side by side
+    hidden = torch.nn.functional.gelu(inputs @ fc1.weight.T + fc1.bias)
+    return torch.sigmoid(hidden @ fc2.weight.T + fc2.bias).reshape(desc.shape[:2])
+
+
+@pytest.mark.parametrize('importance', IMPORTANCE)
+def test_importance_is_the_normalised_se_coefficients(importance):
+    attn = make_attention(inter_importance=importance)
+    desc = torch.randn(6, PARTS, DIMS // HEADS)
+    counts = torch.randint(0, 5, (6, PARTS))
+    counts[:, 0] = 3  # every group has a non-empty partition
+    m = importance_logits(attn, desc) * (counts > 0)
+    torch.testing.assert_close(attn.partition_importance(desc, counts),
+                               m / m.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize('importance', IMPORTANCE)
+def test_joint_importance_sees_the_other_partitions(importance):
+    # Change the tokens of partition 0 only. The per-partition coefficients of the others
+    # stay (their ratios are unchanged; only the shared normalisation moves); the joint ones
+    # change, because each coefficient is predicted from every descriptor.
+    attn = make_attention(inter_importance=importance)
+    values = torch.randn(4, 40, DIMS // HEADS)
+    codes = torch.arange(40).remainder(PARTS).expand(4, 40).contiguous()
+    changed = values.clone()
+    changed[codes == 0] = torch.randn(int((codes == 0).sum()), DIMS // HEADS) * 3
+    weights = []
+    for v in (values, changed):
+        desc, counts = ops.partition_mean(v, codes, PARTS)
+        weights.append(attn.partition_importance(desc, counts))
+    before, after = (w[:, 1:] / w[:, 1:2] for w in weights)  # ratios among partitions 1..K-1
+    if importance == 'partition':
+        torch.testing.assert_close(after, before)
+    else:
+        assert (after - before).abs().amax(-1).min() > 1e-3
+
+
+def test_joint_importance_keeps_empty_partitions_at_zero():
+    attn = make_attention(inter_importance='joint')
+    values = torch.randn(2, 12, DIMS // HEADS)
+    codes = torch.tensor([[0, 2] * 6, [3] * 12])
+    desc, counts = ops.partition_mean(values, codes, PARTS)
+    weights = attn.partition_importance(desc, counts)
+    assert weights[0, 1] == 0 and weights[0, 3] == 0 and (weights[0, [0, 2]] > 0).all()
+    assert weights[1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))

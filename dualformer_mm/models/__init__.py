@@ -1,4 +1,8 @@
-from .backbones import DualAttentionBlock, DualFormer, MBConv, PartitionAttention
+from .backbones import (AttentionConfig, BlockConfig, DualAttentionBlock, DualFormer, MBConv,
+                        PartitionAttention)
 from .layers import CPUSyncBatchNorm
 
-__all__ = ['DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'CPUSyncBatchNorm']
+__all__ = [
+    'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'AttentionConfig',
+    'BlockConfig', 'CPUSyncBatchNorm'
+]

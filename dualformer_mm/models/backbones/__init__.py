@@ -1,3 +1,7 @@
-from .dualformer import DualAttentionBlock, DualFormer, MBConv, PartitionAttention
+from .dualformer import (AttentionConfig, BlockConfig, DualAttentionBlock, DualFormer, MBConv,
+                         PartitionAttention)
 
-__all__ = ['DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv']
+__all__ = [
+    'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'AttentionConfig',
+    'BlockConfig'
+]

@@ -5,21 +5,22 @@ Implements "Dual Path Transformer with Partition Attention" (DualFormer):
 section 3.1 (overall architecture, Table 1 sizes), section 3.2 (Multi-Head Partition
 Attention: partition generator, intra- and inter-partition attention, global-to-local
 aggregation, channel to spatial) and section 3.3 (the Dual Attention Block). Where the
-paper is ambiguous, the choices are written in ``docs/architecture.md``.
+paper is ambiguous, the choices are written in ``docs/architecture.md``; the options that
+switch between readings and the ablations of Tables 5 and 6 are the fields of
+:class:`BlockConfig` and :class:`AttentionConfig`.
 
 One copy of the model serves mmpretrain, mmdet and mmseg: it is registered in mmengine's
 root ``MODELS`` registry, which the three toolboxes' registries search.
 """
-import contextlib
+import dataclasses
 import logging
 import math
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
@@ -29,11 +30,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dualformer_mm import compat, ops
-from ..layers import build_norm2d
+from ..layers import FFN, build_norm2d, checkpoint_keeping_statistics
 
-PARTITION_METHODS = ('lsh', 'kmeans')
-# The two readings of intra-partition attention (eqs. 6-7), see PartitionAttention.
-INTRA_MODES = ('pool', 'token')
 # TruncNormal(0.02) for every conv and linear, identity norms, as ConvNeXt and Swin
 # initialise; the convs are plain nn.Conv2d (no mmcv ConvModule, whose own init_weights would
 # replace this with Kaiming after the parent's init_cfg has run).
@@ -41,11 +39,144 @@ DEFAULT_INIT_CFG = [
     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
     dict(type='Constant', layer=['_BatchNorm', 'GroupNorm', 'LayerNorm'], val=1., bias=0.),
 ]
-BLOCK_MODES = ('parallel', 'serial')
-# Hidden activations per FFN tile in inference on CPU: 2 MiB of fp32, which stays in cache.
-FFN_TILE_ELEMENTS = 1 << 19
 NAN_INPUT_MESSAGE = ('DualFormer input contains NaN or Inf values; check the data pipeline '
                      'and normalisation')
+
+
+class _OptionConfig:
+    """Base of the option dataclasses: built from a partial dict, checked in one place."""
+
+    # The argument name users write (``'attn_cfg'``) and the accepted values of each option
+    # that takes one of a few names.
+    arg_name: ClassVar[str] = ''
+    choices: ClassVar[Dict[str, Tuple[str, ...]]] = {}
+
+    @classmethod
+    def build(cls, cfg: Union[None, Mapping[str, Any], '_OptionConfig']) -> Any:
+        """The config of ``cfg``: None gives the defaults, a dict overrides some of them."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f'{cls.arg_name} must be a dict or {cls.__name__}, '
+                            f'got {type(cfg).__name__}')
+        accepted = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(cfg) - set(accepted))
+        if unknown:
+            raise ValueError(f'{cls.arg_name} has no option {", ".join(map(repr, unknown))}; '
+                             f'the options are {accepted}')
+        return cls(**cfg)
+
+    def _check_choices(self) -> None:
+        for name, accepted in self.choices.items():
+            value = getattr(self, name)
+            if value not in accepted:
+                raise ValueError(f'{self.arg_name}[{name!r}] must be one of {accepted}, '
+                                 f'got {value!r}')
+
+    def _check_bool(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f'{self.arg_name}[{name!r}] must be True or False, '
+                                 f'got {value!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig(_OptionConfig):
+    """Options of Multi-Head Partition Attention, the same in every block (section 3.2).
+
+    Given to :class:`DualFormer` as ``attn_cfg=dict(...)`` (any subset of the fields) and
+    passed down whole to every :class:`PartitionAttention`. ``docs/architecture.md`` quotes
+    the paper for each reading.
+
+    Attributes:
+        partition (str): Partition generator: ``'lsh'``, random hyperplanes (eqs. 4-5), or
+            ``'kmeans'`` (Table 6). Defaults to ``'lsh'``.
+        kmeans_iters (int): Lloyd iterations of ``'kmeans'``. Defaults to 3.
+        intra (str): Reading of intra-partition attention (eqs. 6-7): ``'pool'``, one
+            softmax-pooled proxy feature per partition scattered back to its tokens, or
+            ``'token'``, each token's transformed feature scaled by its softmax weight.
+            Defaults to ``'pool'``.
+        use_intra (bool): Intra-partition attention (Table 5 "Intra"). Defaults to True.
+        use_inter (bool): Inter-partition attention (Table 5 "Inter"). Defaults to True.
+        inter_importance (str): Reading of the importance coefficients of eq. 9:
+            ``'partition'``, each partition's coefficient from its own descriptor by an MLP
+            shared by the partitions, or ``'joint'``, all coefficients of a head from all its
+            descriptors at once (SENet's excitation). Defaults to ``'partition'``.
+
+    Example:
+        >>> AttentionConfig.build(dict(intra='token'))
+        AttentionConfig(partition='lsh', kmeans_iters=3, intra='token', use_intra=True, \
+use_inter=True, inter_importance='partition')
+    """
+
+    arg_name: ClassVar[str] = 'attn_cfg'
+    choices: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        'partition': ('lsh', 'kmeans'),
+        'intra': ('pool', 'token'),
+        'inter_importance': ('partition', 'joint'),
+    }
+
+    partition: str = 'lsh'
+    kmeans_iters: int = 3
+    intra: str = 'pool'
+    use_intra: bool = True
+    use_inter: bool = True
+    inter_importance: str = 'partition'
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        self._check_bool('use_intra', 'use_inter')
+        if not (self.use_intra or self.use_inter):
+            raise ValueError(f"{self.arg_name}: at least one of 'use_intra' and 'use_inter' "
+                             'must be True')
+        if isinstance(self.kmeans_iters, bool) or not isinstance(self.kmeans_iters, int) \
+                or self.kmeans_iters < 1:
+            raise ValueError(f"{self.arg_name}['kmeans_iters'] must be an int >= 1, "
+                             f'got {self.kmeans_iters!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig(_OptionConfig):
+    """Options of the Dual Attention Block, the same in every block (section 3.3).
+
+    Given to :class:`DualFormer` as ``block_cfg=dict(...)`` (any subset of the fields) and
+    passed down whole to every :class:`DualAttentionBlock`.
+
+    Attributes:
+        mode (str): ``'parallel'``, the paper's dual path (the channels split between the
+            local branch and MHPA), or ``'serial'``, the local branch then MHPA on all
+            channels (Table 5 "Parallel"). Defaults to ``'parallel'``.
+        conv_ratio (float): Share of the channels given to the local branch in parallel
+            mode. Defaults to 0.5.
+        local_branch (str): The convolution branch (Table 5 "Depth-wise"): ``'mbconv'``, a
+            1x1 conv then a depth-wise 3x3 conv; ``'pointwise'``, the 1x1 conv alone; or
+            ``'none'``, no convolution branch: MHPA takes all channels, in either mode (so
+            ``mode`` and ``conv_ratio`` make no difference). Defaults to ``'mbconv'``.
+
+    Example:
+        >>> BlockConfig.build(dict(mode='serial'))
+        BlockConfig(mode='serial', conv_ratio=0.5, local_branch='mbconv')
+    """
+
+    arg_name: ClassVar[str] = 'block_cfg'
+    choices: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        'mode': ('parallel', 'serial'),
+        'local_branch': ('mbconv', 'pointwise', 'none'),
+    }
+
+    mode: str = 'parallel'
+    conv_ratio: float = 0.5
+    local_branch: str = 'mbconv'
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        if isinstance(self.conv_ratio, bool) or not isinstance(self.conv_ratio, (int, float)) \
+                or not 0 < self.conv_ratio < 1:
+            raise ValueError(f"{self.arg_name}['conv_ratio'] must be a number in (0, 1), "
+                             f'got {self.conv_ratio!r}')
 
 
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -87,33 +218,6 @@ def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, stride:
     return Sequential(layers)
 
 
-def _is_channels_last(x: Tensor) -> bool:
-    """Whether the NHWC view of the 4-d map ``x`` is contiguous: its pixels are matrix rows."""
-    return x.dim() == 4 and x.permute(0, 2, 3, 1).is_contiguous()
-
-
-@contextlib.contextmanager
-def _keep_running_statistics(module: nn.Module) -> Iterator[None]:
-    """Undo what a re-run of ``module``'s forward does to its BatchNorm statistics.
-
-    Gradient checkpointing runs a block's forward again in the backward pass, in training
-    mode, so every BatchNorm would update its running mean and variance (and
-    ``num_batches_tracked``) twice per step. The recomputation runs inside this context, which
-    copies them back afterwards; the copies stay on the device (no host synchronisation).
-    """
-    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in module.modules()
-             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for norm, mean, var, count in saved:
-                norm.running_mean.copy_(mean)
-                norm.running_var.copy_(var)
-                norm.num_batches_tracked.copy_(count)
-
-
 class PartitionAttention(BaseModule):
     """Multi-Head Partition Attention (MHPA), section 3.2.
 
@@ -125,25 +229,26 @@ class PartitionAttention(BaseModule):
     with a skip connection. At ``k = 1`` nothing was downsampled and the aggregation's output
     is used as it is.
 
-    Intra-partition attention has two readings (``docs/architecture.md`` quotes the equations):
+    The readings of the paper's equations are options of ``attn_cfg``
+    (:class:`AttentionConfig`); ``docs/architecture.md`` quotes the equations:
 
     * ``intra='pool'``: the softmax weights of eq. 6 pool each partition's transformed
       features into one proxy feature, which is scattered back to the partition's tokens
-      with the inter-partition feature.
-    * ``intra='token'``: each token keeps its own transformed feature scaled by its softmax
-      weight within its partition, ``x_i^intra = w_i * x~_i`` (eq. 7 per token); only the
-      inter-partition feature is scattered back.
+      with the inter-partition feature. ``intra='token'``: each token keeps its own
+      transformed feature scaled by its softmax weight within its partition,
+      ``x_i^intra = w_i * x~_i`` (eq. 7 per token); only the inter-partition feature is
+      scattered back.
+    * ``inter_importance='partition'``: ``m_k = sigmoid(MLP(g_k))`` from partition ``k``'s
+      own descriptor. ``inter_importance='joint'``: ``m = sigmoid(MLP([g_1, ..., g_K]))``,
+      every coefficient of a head from all of its ``K`` descriptors.
 
     Args:
         dims (int): Channels in and out.
         num_heads (int): Heads; each head partitions its own ``dims // num_heads`` channels.
         num_partitions (int): Partitions per head. A power of two for LSH. Defaults to 8.
         sr_ratio (int): Downsampling rate ``k`` of the depth-wise stride conv. Defaults to 1.
-        partition (str): ``'lsh'`` or ``'kmeans'``. Defaults to ``'lsh'``.
-        intra (str): ``'pool'`` or ``'token'``. Defaults to ``'pool'``.
-        use_intra (bool): Use intra-partition attention. Defaults to True.
-        use_inter (bool): Use inter-partition attention. Defaults to True.
-        kmeans_iters (int): Lloyd iterations of the K-Means generator. Defaults to 3.
+        attn_cfg (dict | AttentionConfig, optional): Options (:class:`AttentionConfig`);
+            None or missing keys take the defaults. Defaults to None.
         norm_cfg (dict): Norm after the downsampling conv. Defaults to ``dict(type='BN')``.
         init_cfg (dict, optional): Initialization config. Defaults to None.
 
@@ -151,7 +256,9 @@ class PartitionAttention(BaseModule):
         >>> attn = PartitionAttention(dims=64, num_heads=2, num_partitions=8, sr_ratio=2)
         >>> attn(torch.rand(2, 64, 15, 17)).shape
         torch.Size([2, 64, 15, 17])
-        >>> PartitionAttention(32, 1, intra='token')(torch.rand(1, 32, 6, 6)).shape
+        >>> attn = PartitionAttention(32, 1, attn_cfg=dict(intra='token',
+        ...                                                inter_importance='joint'))
+        >>> attn(torch.rand(1, 32, 6, 6)).shape
         torch.Size([1, 32, 6, 6])
     """
 
@@ -160,37 +267,25 @@ class PartitionAttention(BaseModule):
                  num_heads: int,
                  num_partitions: int = 8,
                  sr_ratio: int = 1,
-                 partition: str = 'lsh',
-                 intra: str = 'pool',
-                 use_intra: bool = True,
-                 use_inter: bool = True,
-                 kmeans_iters: int = 3,
+                 attn_cfg: Union[None, Dict, AttentionConfig] = None,
                  norm_cfg: Dict = dict(type='BN'),
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        cfg = AttentionConfig.build(attn_cfg)
         if dims % num_heads != 0:
             raise ValueError(f'dims ({dims}) must be divisible by num_heads ({num_heads})')
-        if partition not in PARTITION_METHODS:
-            raise ValueError(f'partition must be one of {PARTITION_METHODS}, got {partition!r}')
-        if intra not in INTRA_MODES:
-            raise ValueError(f'intra must be one of {INTRA_MODES}, got {intra!r}')
-        if not (use_intra or use_inter):
-            raise ValueError('at least one of use_intra and use_inter must be True')
-        if partition == 'lsh' and (num_partitions < 2 or num_partitions & (num_partitions - 1)):
+        if cfg.partition == 'lsh' and (num_partitions < 2
+                                       or num_partitions & (num_partitions - 1)):
             raise ValueError('num_partitions must be a power of two >= 2 for LSH, '
                              f'got {num_partitions}')
         if sr_ratio < 1:
             raise ValueError(f'sr_ratio must be >= 1, got {sr_ratio}')
+        self.cfg = cfg
         self.dims = dims
         self.num_heads = num_heads
         self.head_dims = dims // num_heads
         self.num_partitions = num_partitions
         self.sr_ratio = sr_ratio
-        self.partition = partition
-        self.intra = intra
-        self.use_intra = use_intra
-        self.use_inter = use_inter
-        self.kmeans_iters = kmeans_iters
 
         if sr_ratio > 1:
             self.down = conv_norm_act(dims, dims, sr_ratio, stride=sr_ratio, groups=dims,
@@ -199,17 +294,24 @@ class PartitionAttention(BaseModule):
             self.down = nn.Identity()
         # The "lightweight linear layer" that gives the transformed features x~ (eq. 7).
         self.value = nn.Linear(dims, dims)
-        if partition == 'lsh':
+        if cfg.partition == 'lsh':
             # Planes are buffers, not parameters: saved in checkpoints, so a loaded model
             # reproduces its partitions, and never trained (eq. 4 uses pre-defined normals).
             bits = int(math.log2(num_partitions))
             self.register_buffer('planes', torch.randn(num_heads, self.head_dims, bits))
-        if use_inter:
+        if cfg.use_inter:
+            # SE-style importance coefficients of the partitions (eq. 9), shared by the heads.
+            # Both readings have the same bottleneck; they differ in what the first layer sees
+            # (one descriptor, or the K of a head) and what the last predicts (1, or K).
             hidden = max(self.head_dims // 4, 8)
-            # SE-style importance coefficient of each partition from its descriptor (eq. 9).
-            self.importance = nn.Sequential(
-                nn.Linear(self.head_dims, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        num_paths = int(use_intra) + int(use_inter)
+            if cfg.inter_importance == 'partition':
+                self.importance = nn.Sequential(
+                    nn.Linear(self.head_dims, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            else:
+                self.importance = nn.Sequential(
+                    nn.Linear(num_partitions * self.head_dims, hidden), nn.GELU(),
+                    nn.Linear(hidden, num_partitions))
+        num_paths = int(cfg.use_intra) + int(cfg.use_inter)
         self.aggregate = nn.Linear(num_paths * dims, dims)
         # Channel to spatial undoes the downsampling; at k = 1 there is none to undo, and a
         # 1x1 conv there would be a third linear map between `aggregate` and the block's proj.
@@ -222,20 +324,26 @@ class PartitionAttention(BaseModule):
     def partition_codes(self, tokens: Tensor) -> Tensor:
         """Partition code of every token and head: (B, heads, n, d) -> (B, heads, n)."""
         with torch.no_grad():
-            if self.partition == 'lsh':
+            if self.cfg.partition == 'lsh':
                 return ops.lsh_hash(tokens, self.planes)
             batch, heads, n, d = tokens.shape
             codes = ops.kmeans_assign(
-                tokens.reshape(batch * heads, n, d), self.num_partitions, self.kmeans_iters)
+                tokens.reshape(batch * heads, n, d), self.num_partitions, self.cfg.kmeans_iters)
             return codes.view(batch, heads, n)
 
     def partition_importance(self, desc: Tensor, counts: Tensor) -> Tensor:
         """Importance of each partition (eq. 9): (G, K, d) descriptors -> (G, K) weights.
 
-        SE-style coefficients ``sigmoid(FC(GELU(FC(desc))))``, normalised to sum to one over
-        the non-empty partitions of each group; an empty partition gets weight 0.
+        SE-style coefficients ``sigmoid(FC(GELU(FC(.))))`` of each partition's descriptor
+        (``'partition'``) or of the ``K`` descriptors of the group flattened (``'joint'``),
+        normalised to sum to one over the non-empty partitions of each group; an empty
+        partition gets weight 0.
         """
-        importance = torch.sigmoid(self.importance(desc).squeeze(-1))
+        if self.cfg.inter_importance == 'partition':
+            logits = self.importance(desc).squeeze(-1)
+        else:
+            logits = self.importance(desc.flatten(1))  # (G, K, d) -> (G, K*d) -> (G, K)
+        importance = torch.sigmoid(logits)
         importance = importance * (counts > 0).to(importance.dtype)
         return importance / importance.sum(-1, keepdim=True).clamp(min=1e-6)
 
@@ -264,15 +372,15 @@ class PartitionAttention(BaseModule):
 
         per_token: List[Tensor] = []  # (G, n, d) features of the tokens themselves
         pooled: List[Tensor] = []  # (G, K, d) partition features, scattered back below
-        if self.use_intra and self.intra == 'pool':
+        if self.cfg.use_intra and self.cfg.intra == 'pool':
             # Eqs. 6-7 pooled: per-channel softmax of the input over the partition weights the
             # transformed features into one proxy feature per partition.
             pooled.append(ops.partition_softmax_pool(tokens, values, codes, self.num_partitions))
-        elif self.use_intra:
+        elif self.cfg.use_intra:
             # Eqs. 6-7 per token: each token's transformed feature times its softmax weight.
             weights = ops.partition_softmax(tokens, codes, self.num_partitions)
             per_token.append(weights * values.to(weights.dtype))
-        if self.use_inter:
+        if self.cfg.use_inter:
             pooled.append(self.inter_features(values, codes))
         if pooled:
             # Global to local: the partition features go back to the tokens in one gather.
@@ -295,7 +403,8 @@ class MBConv(BaseModule):
 
     Args:
         dims (int): Channels in and out.
-        use_dwconv (bool): Keep the depth-wise conv (Table 5 "Depth-wise"). Defaults to True.
+        use_dwconv (bool): Keep the depth-wise conv; without it the branch is the 1x1 conv
+            alone (``block_cfg=dict(local_branch='pointwise')``). Defaults to True.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         init_cfg (dict, optional): Initialization config. Defaults to None.
@@ -322,142 +431,14 @@ class MBConv(BaseModule):
         return self.layers(x)
 
 
-def _ffn_over_tiles(pixels: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
-                    act: nn.Module, rows: int) -> Tensor:
-    """``act(pixels @ w1.T + b1) @ w2.T + b2`` a tile of ``rows`` pixels at a time."""
-    out = pixels.new_empty(pixels.shape[0], w2.shape[0])
-    for start in range(0, pixels.shape[0], rows):
-        hidden = act(torch.addmm(b1, pixels[start:start + rows], w1.t()))
-        torch.addmm(b2, hidden, w2.t(), out=out[start:start + rows])
-    return out
-
-
-class _TiledFFN(torch.autograd.Function):
-    """fc1, activation and fc2 over tiles of rows of a pixel matrix, forward and backward.
-
-    Nothing ``hidden``-wide is kept for the backward (autograd keeps two such maps for the
-    plain path, the pre-activation and the activation): the backward recomputes each tile's
-    pre-activation and activation while the tile is in cache, one extra product with
-    ``w1``. The results are those of the plain path up to the order of fp32 additions in the
-    weight gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, pixels: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
-                act: nn.Module, rows: int) -> Tensor:
-        out = _ffn_over_tiles(pixels, w1, b1, w2, b2, act, rows)
-        ctx.save_for_backward(pixels, w1, b1, w2)
-        ctx.act, ctx.rows = act, rows
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-        pixels, w1, b1, w2 = ctx.saved_tensors
-        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
-        grad = grad.contiguous()
-        grad_x = torch.empty_like(pixels) if need_x else None
-        grad_w1 = torch.zeros_like(w1) if need_w1 else None
-        grad_w2 = torch.zeros_like(w2) if need_w2 else None
-        grad_b1 = torch.zeros_like(b1) if need_b1 else None
-        grad_b2 = grad.sum(0) if need_b2 else None
-        for start in range(0, pixels.shape[0], ctx.rows):
-            stop = start + ctx.rows
-            x, g = pixels[start:stop], grad[start:stop]
-            with torch.enable_grad():
-                h = torch.addmm(b1, x, w1.t()).requires_grad_()
-                a = ctx.act(h)
-            if need_w2:
-                grad_w2.addmm_(g.t(), a.detach())
-            grad_h, = torch.autograd.grad(a, h, g @ w2)
-            if need_b1:
-                grad_b1 += grad_h.sum(0)
-            if need_w1:
-                grad_w1.addmm_(grad_h.t(), x)
-            if need_x:
-                torch.mm(grad_h, w1, out=grad_x[start:stop])
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None
-
-
-class FFN(BaseModule):
-    """The block's feed-forward network: 1x1 conv to ``hidden`` channels, activation, 1x1 conv.
-
-    One computation, run per call in one of three ways that give the same numbers
-    (``tests/test_backbone.py`` compares them):
-
-    * plain: two 1x1 convolutions (cuDNN on GPUs, oneDNN on CPUs);
-    * on CPU, for channels-last maps (DualFormer's default layout), matrix products over tiles
-      of pixels whose ``hidden``-channel activations stay in cache (about 2 MiB a tile):
-      in inference (no autograd), where the full hidden map (131 MB for DualFormer-S's first
-      stage at 800x1280) never exists;
-    * and in training while ``dims`` is at most ``TILED_TRAINING_MAX_DIMS``, with a tiled
-      backward (:class:`_TiledFFN`) that recomputes each tile's hidden activations instead of
-      keeping two hidden maps. With more channels the convolutions' own blocking wins.
-
-    Args:
-        dims (int): Channels in and out.
-        hidden (int): Hidden channels.
-        act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
-        init_cfg (dict, optional): Initialization config. Defaults to None.
-
-    Example:
-        >>> ffn = FFN(16, 64)
-        >>> ffn(torch.rand(2, 16, 5, 7)).shape
-        torch.Size([2, 16, 5, 7])
-    """
-
-    # Measured on 2 CPU cores (docs/benchmarks.md): tiles made a training FFN step 1.4-1.7x
-    # faster than oneDNN's 1x1 convolutions at 64 and 128 channels (hidden 448 and 896), and
-    # slower at 320.
-    TILED_TRAINING_MAX_DIMS = 128
-
-    def __init__(self,
-                 dims: int,
-                 hidden: int,
-                 act_cfg: Dict = dict(type='GELU'),
-                 init_cfg: Optional[Dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        self.fc1 = nn.Conv2d(dims, hidden, 1)
-        self.act = build_activation_layer(act_cfg)
-        self.fc2 = nn.Conv2d(hidden, dims, 1)
-
-    def _path(self, x: Tensor) -> str:
-        """``'tiled'``, ``'tiled_training'`` or ``'plain'`` for this call."""
-        if (x.device.type != 'cpu' or compat.is_autocast_enabled('cpu')
-                or torch.jit.is_tracing() or compat.is_compiling()
-                or not _is_channels_last(x)):
-            # Autocast does not reach the out= matmuls of the tiles: the plain path casts.
-            return 'plain'
-        if not (torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)):
-            return 'tiled'
-        return 'tiled_training' if self.fc1.in_channels <= self.TILED_TRAINING_MAX_DIMS \
-            else 'plain'
-
-    def _tiled(self, x: Tensor, training: bool) -> Tensor:
-        """The FFN over tiles of pixels of a channels-last map; ``training``: with the tiled
-        backward of :class:`_TiledFFN`, else without autograd."""
-        batch, channels, height, width = x.shape
-        pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view in channels-last
-        args = (pixels, self.fc1.weight.view(self.fc1.out_channels, channels), self.fc1.bias,
-                self.fc2.weight.view(self.fc2.out_channels, self.fc2.in_channels),
-                self.fc2.bias, self.act, max(64, FFN_TILE_ELEMENTS // self.fc1.out_channels))
-        out = _TiledFFN.apply(*args) if training else _ffn_over_tiles(*args)
-        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        path = self._path(x)
-        if path == 'plain':
-            return self.fc2(self.act(self.fc1(x)))
-        return self._tiled(x, training=path == 'tiled_training')
-
-
 class DualAttentionBlock(BaseModule):
     """Dual Attention Block, section 3.3.
 
     ``x = x + DropPath(Proj(Mix(Norm(x))))`` then ``x = x + DropPath(FFN(Norm(x)))``. In the
-    default ``'parallel'`` mode, Mix splits the channels, runs MBConv on one part and MHPA on
-    the other, and concatenates them; ``'serial'`` runs MBConv then MHPA on all channels
-    (the serial row of Table 5).
+    default ``'parallel'`` mode, Mix splits the channels, runs the local branch (MBConv) on
+    one part and MHPA on the other, and concatenates them; ``'serial'`` runs the local branch
+    then MHPA on all channels (the serial row of Table 5). With ``local_branch='none'`` Mix is
+    MHPA on all channels.
 
     Args:
         dims (int): Channels.
@@ -466,14 +447,10 @@ class DualAttentionBlock(BaseModule):
         sr_ratio (int): MHPA downsampling rate ``k``.
         num_partitions (int): Partitions per head.
         drop_path (float): Stochastic depth rate. Defaults to 0.
-        mode (str): ``'parallel'`` or ``'serial'``. Defaults to ``'parallel'``.
-        conv_ratio (float): Share of channels for MBConv in parallel mode. Defaults to 0.5.
-        use_dwconv (bool): Depth-wise conv in MBConv. Defaults to True.
-        intra (str): Reading of intra-partition attention, ``'pool'`` or ``'token'`` (see
-            :class:`PartitionAttention`). Defaults to ``'pool'``.
-        use_intra (bool): Intra-partition attention. Defaults to True.
-        use_inter (bool): Inter-partition attention. Defaults to True.
-        partition (str): ``'lsh'`` or ``'kmeans'``. Defaults to ``'lsh'``.
+        block_cfg (dict | BlockConfig, optional): Block options (:class:`BlockConfig`).
+            Defaults to None (the paper's parallel block with MBConv).
+        attn_cfg (dict | AttentionConfig, optional): MHPA options (:class:`AttentionConfig`).
+            Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         with_cp (bool): Gradient checkpointing. The re-run of the forward in the backward
@@ -485,6 +462,10 @@ class DualAttentionBlock(BaseModule):
         ...                            num_partitions=4)
         >>> block(torch.rand(2, 64, 9, 11)).shape
         torch.Size([2, 64, 9, 11])
+        >>> block.split
+        (32, 32)
+        >>> DualAttentionBlock(64, 1, 2, 2, 4, block_cfg=dict(local_branch='none')).split
+        (0, 64)
     """
 
     def __init__(self,
@@ -494,36 +475,34 @@ class DualAttentionBlock(BaseModule):
                  sr_ratio: int,
                  num_partitions: int,
                  drop_path: float = 0.,
-                 mode: str = 'parallel',
-                 conv_ratio: float = 0.5,
-                 use_dwconv: bool = True,
-                 intra: str = 'pool',
-                 use_intra: bool = True,
-                 use_inter: bool = True,
-                 partition: str = 'lsh',
+                 block_cfg: Union[None, Dict, BlockConfig] = None,
+                 attn_cfg: Union[None, Dict, AttentionConfig] = None,
                  norm_cfg: Dict = dict(type='BN'),
                  act_cfg: Dict = dict(type='GELU'),
                  with_cp: bool = False,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if mode not in BLOCK_MODES:
-            raise ValueError(f'mode must be one of {BLOCK_MODES}, got {mode!r}')
-        self.mode = mode
+        cfg = BlockConfig.build(block_cfg)
+        self.cfg = cfg
         self.with_cp = with_cp
-        if mode == 'parallel':
-            conv_dims = int(round(dims * conv_ratio))
+        if cfg.local_branch == 'none':
+            conv_dims, attn_dims = 0, dims
+        elif cfg.mode == 'parallel':
+            conv_dims = int(round(dims * cfg.conv_ratio))
             if not 0 < conv_dims < dims:
-                raise ValueError(f'conv_ratio must leave channels for both paths, got {conv_ratio}')
+                raise ValueError(f"block_cfg['conv_ratio'] = {cfg.conv_ratio} leaves no "
+                                 f'channels for one of the paths of a {dims}-channel block')
             attn_dims = dims - conv_dims
         else:
             conv_dims = attn_dims = dims
         self.split = (conv_dims, attn_dims)
         self.norm1 = build_norm2d(norm_cfg, dims)[1]
-        self.conv = MBConv(conv_dims, use_dwconv, norm_cfg=norm_cfg, act_cfg=act_cfg)
-        self.attn = PartitionAttention(
-            attn_dims, num_heads, num_partitions=num_partitions, sr_ratio=sr_ratio,
-            partition=partition, intra=intra, use_intra=use_intra, use_inter=use_inter,
-            norm_cfg=norm_cfg)
+        self.conv: Optional[MBConv] = None
+        if cfg.local_branch != 'none':
+            self.conv = MBConv(conv_dims, use_dwconv=cfg.local_branch == 'mbconv',
+                               norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.attn = PartitionAttention(attn_dims, num_heads, num_partitions=num_partitions,
+                                       sr_ratio=sr_ratio, attn_cfg=attn_cfg, norm_cfg=norm_cfg)
         self.proj = nn.Conv2d(dims, dims, 1)
         self.norm2 = build_norm2d(norm_cfg, dims)[1]
         self.ffn = FFN(dims, int(dims * mlp_ratio), act_cfg=act_cfg)
@@ -531,7 +510,9 @@ class DualAttentionBlock(BaseModule):
 
     def _forward(self, x: Tensor) -> Tensor:
         y = self.norm1(x)
-        if self.mode == 'parallel':
+        if self.conv is None:
+            y = self.attn(y)
+        elif self.cfg.mode == 'parallel':
             local, glob = torch.split(y, self.split, dim=1)
             y = torch.cat([self.conv(local), self.attn(glob)], dim=1)
         else:
@@ -539,15 +520,9 @@ class DualAttentionBlock(BaseModule):
         x = x + self.drop_path(self.proj(y))
         return x + self.drop_path(self.ffn(self.norm2(x)))
 
-    def _checkpoint_contexts(self) -> Tuple[contextlib.AbstractContextManager,
-                                            contextlib.AbstractContextManager]:
-        """Contexts of the checkpointed forward and of its re-run in the backward."""
-        return contextlib.nullcontext(), _keep_running_statistics(self)
-
     def forward(self, x: Tensor) -> Tensor:
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False,
-                                 context_fn=self._checkpoint_contexts)
+            return checkpoint_keeping_statistics(self._forward, x, self)
         return self._forward(x)
 
 
@@ -561,13 +536,20 @@ class DualFormerStage(BaseModule):
         depth (int): Number of Dual Attention Blocks.
         downsample (bool): Halve the resolution first (all stages but the first).
         drop_paths (Sequence[float]): Stochastic depth rate of each block.
-        norm_cfg (dict): Norm config.
-        block_cfg (dict): Keyword arguments of :class:`DualAttentionBlock`.
+        num_heads (int): MHPA heads.
+        mlp_ratio (float): FFN hidden width over ``dims``.
+        sr_ratio (int): MHPA downsampling rate ``k``. Defaults to 1.
+        num_partitions (int): Partitions per head. Defaults to 8.
+        block_cfg (dict | BlockConfig, optional): Block options, given to every block.
+        attn_cfg (dict | AttentionConfig, optional): MHPA options, given to every block.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
+        with_cp (bool): Gradient checkpointing of each block. Defaults to False.
         init_cfg (dict, optional): Initialization config. Defaults to None.
 
     Example:
         >>> stage = DualFormerStage(32, 64, depth=2, downsample=True, drop_paths=[0., 0.1],
-        ...     block_cfg=dict(num_heads=1, mlp_ratio=2, sr_ratio=2, num_partitions=4))
+        ...                         num_heads=1, mlp_ratio=2, sr_ratio=2, num_partitions=4)
         >>> stage(torch.rand(1, 32, 15, 15)).shape
         torch.Size([1, 64, 8, 8])
     """
@@ -578,8 +560,15 @@ class DualFormerStage(BaseModule):
                  depth: int,
                  downsample: bool,
                  drop_paths: Sequence[float],
+                 num_heads: int,
+                 mlp_ratio: float,
+                 sr_ratio: int = 1,
+                 num_partitions: int = 8,
+                 block_cfg: Union[None, Dict, BlockConfig] = None,
+                 attn_cfg: Union[None, Dict, AttentionConfig] = None,
                  norm_cfg: Dict = dict(type='BN'),
-                 block_cfg: Dict = dict(),
+                 act_cfg: Dict = dict(type='GELU'),
+                 with_cp: bool = False,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if downsample:
@@ -587,8 +576,12 @@ class DualFormerStage(BaseModule):
                                             norm_cfg=norm_cfg)
         else:
             self.downsample = nn.Identity()
+        block_cfg, attn_cfg = BlockConfig.build(block_cfg), AttentionConfig.build(attn_cfg)
         self.blocks = ModuleList([
-            DualAttentionBlock(dims, drop_path=drop_paths[i], norm_cfg=norm_cfg, **block_cfg)
+            DualAttentionBlock(dims, num_heads, mlp_ratio, sr_ratio, num_partitions,
+                               drop_path=drop_paths[i], block_cfg=block_cfg,
+                               attn_cfg=attn_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
+                               with_cp=with_cp)
             for i in range(depth)
         ])
 
@@ -625,27 +618,29 @@ class DualFormer(BaseModule):
             ``(4, 2, 1, 1)``.
         num_partitions (Sequence[int]): Partitions per head, per stage. Defaults to
             ``(8, 8, 8, 8)``.
-        mode (str): ``'parallel'`` (the paper's dual path) or ``'serial'`` (Table 5).
-        conv_ratio (float): Share of channels for the MBConv path. Defaults to 0.5.
-        use_dwconv (bool): Depth-wise conv in the MBConv path (Table 5). Defaults to True.
-        intra (str): Reading of intra-partition attention (eqs. 6-7): ``'pool'``, one
-            softmax-pooled proxy feature per partition scattered back to its tokens, or
-            ``'token'``, each token's transformed feature scaled by its softmax weight (see
-            :class:`PartitionAttention` and ``docs/architecture.md``). Defaults to ``'pool'``.
-        use_intra (bool): Intra-partition attention (Table 5). Defaults to True.
-        use_inter (bool): Inter-partition attention (Table 5). Defaults to True.
-        partition (str): Partition generator, ``'lsh'`` or ``'kmeans'`` (Table 6).
+        block_cfg (dict | BlockConfig, optional): Options of every Dual Attention Block
+            (:class:`BlockConfig`): ``mode`` (``'parallel'`` or ``'serial'``, Table 5),
+            ``conv_ratio`` and ``local_branch`` (``'mbconv'``, ``'pointwise'`` or ``'none'``,
+            Table 5 "Depth-wise"). Missing keys take the defaults, the paper's block.
+            Defaults to None.
+        attn_cfg (dict | AttentionConfig, optional): Options of every MHPA
+            (:class:`AttentionConfig`): ``partition`` (``'lsh'`` or ``'kmeans'``, Table 6),
+            ``kmeans_iters``, ``intra`` (``'pool'`` or ``'token'``, eqs. 6-7), ``use_intra``
+            and ``use_inter`` (Table 5), ``inter_importance`` (``'partition'`` or
+            ``'joint'``, eq. 9). Missing keys take the defaults. Defaults to None.
         norm_cfg (dict): Norm config of every norm layer: ``'BN'``, ``'SyncBN'``, ``'GN'``
             (e.g. ``dict(type='GN', num_groups=1)``), ``'LN'``/``'LN2d'`` (LayerNorm over the
             channels of each pixel) or any other mmcv norm. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         channels_last (bool): Run the network in the channels-last (NHWC) memory layout:
             the input is converted once, every layer keeps the layout, and the outputs are
-            converted back to contiguous NCHW (one copy each). oneDNN and cuDNN run the 1x1 and
-            depth-wise convolutions that dominate DualFormer faster in this layout (3.4 s ->
-            1.8 s of convolution time for DualFormer-S at 224x224 batch 32 on a 2-core CPU,
-            see docs/benchmarks.md), and MHPA's token views become free. The numbers
-            computed are the same. Defaults to True.
+            converted back to contiguous NCHW (one copy each). oneDNN runs the 1x1 and
+            depth-wise convolutions that dominate DualFormer faster in this layout, MHPA's
+            token views become free, and on CPU the FFN runs over tiles of pixels
+            (:class:`~dualformer_mm.models.layers.FFN`): DualFormer-S's forward at 224x224,
+            batch 32, one thread, 1.24x as fast with the convolutions alone and 1.67x with the
+            tiles (measured as ``docs/architecture.md``, "Memory layout and FFN tiles", says).
+            The numbers computed are the same. Defaults to True.
         init_cfg (dict | list[dict], optional): Initialization config; use
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` to load the
             backbone of a classifier checkpoint. A Pretrained init with ``checkpoint=None``
@@ -700,17 +695,14 @@ class DualFormer(BaseModule):
                  drop_path_rate: float = 0.1,
                  sr_ratios: Sequence[int] = (4, 2, 1, 1),
                  num_partitions: Sequence[int] = (8, 8, 8, 8),
-                 mode: str = 'parallel',
-                 conv_ratio: float = 0.5,
-                 use_dwconv: bool = True,
-                 intra: str = 'pool',
-                 use_intra: bool = True,
-                 use_inter: bool = True,
-                 partition: str = 'lsh',
+                 block_cfg: Union[None, Dict, BlockConfig] = None,
+                 attn_cfg: Union[None, Dict, AttentionConfig] = None,
                  norm_cfg: Dict = dict(type='BN'),
                  act_cfg: Dict = dict(type='GELU'),
                  channels_last: bool = True,
-                 init_cfg: Optional[Union[Dict, List[Dict]]] = DEFAULT_INIT_CFG) -> None:
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = DEFAULT_INIT_CFG,
+                 **kwargs) -> None:
+        self._refuse_unknown_arguments(kwargs)
         if (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
                 and init_cfg.get('checkpoint') is None):
             # The detection/segmentation configs name a Pretrained init whose checkpoint users
@@ -743,29 +735,22 @@ class DualFormer(BaseModule):
             conv_norm_act(channels[0] // 2, channels[0], 3, stride=2, padding=1,
                           norm_cfg=norm_cfg))
 
+        # Checked once here; every block and MHPA receives the same two objects.
+        self.block_cfg = BlockConfig.build(block_cfg)
+        self.attn_cfg = AttentionConfig.build(attn_cfg)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = ModuleList()
         for i in range(self.num_stages):
             start = sum(depths[:i])
-            block_cfg = dict(
-                num_heads=self.arch_settings['num_heads'][i],
-                mlp_ratio=self.arch_settings['mlp_ratios'][i],
-                sr_ratio=sr_ratios[i],
-                num_partitions=num_partitions[i],
-                mode=mode,
-                conv_ratio=conv_ratio,
-                use_dwconv=use_dwconv,
-                intra=intra,
-                use_intra=use_intra,
-                use_inter=use_inter,
-                partition=partition,
-                act_cfg=act_cfg,
-                with_cp=with_cp)
             self.stages.append(
                 DualFormerStage(
                     channels[i - 1] if i else channels[0], channels[i], depths[i],
                     downsample=i > 0, drop_paths=rates[start:start + depths[i]],
-                    norm_cfg=norm_cfg, block_cfg=block_cfg))
+                    num_heads=self.arch_settings['num_heads'][i],
+                    mlp_ratio=self.arch_settings['mlp_ratios'][i], sr_ratio=sr_ratios[i],
+                    num_partitions=num_partitions[i], block_cfg=self.block_cfg,
+                    attn_cfg=self.attn_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
+                    with_cp=with_cp))
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm2d(norm_cfg, channels[i])[1])
         if channels_last:
@@ -773,6 +758,21 @@ class DualFormer(BaseModule):
             # re-lays its weight out on each call.
             self.to(memory_format=torch.channels_last)
         self._freeze_stages()
+
+    @staticmethod
+    def _refuse_unknown_arguments(kwargs: Dict) -> None:
+        """Name the config an option of :class:`BlockConfig` or :class:`AttentionConfig`
+        belongs to when it is passed to the backbone itself."""
+        for name in kwargs:
+            if name == 'use_dwconv':
+                raise TypeError("DualFormer has no argument 'use_dwconv': the local branch is "
+                                "block_cfg=dict(local_branch='mbconv' | 'pointwise' | 'none'); "
+                                "use_dwconv=False is local_branch='pointwise'")
+            for config in (BlockConfig, AttentionConfig):
+                if name in {f.name for f in dataclasses.fields(config)}:
+                    raise TypeError(f'DualFormer has no argument {name!r}: it is an option of '
+                                    f'{config.arg_name}, e.g. {config.arg_name}=dict({name}=...)')
+            raise TypeError(f'DualFormer got an unexpected keyword argument {name!r}')
 
     def _parse_arch(self, arch: Union[str, Dict]) -> Dict:
         """Look an arch name up in :attr:`arch_zoo`, or validate a custom dict."""

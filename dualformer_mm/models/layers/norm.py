@@ -53,8 +53,9 @@ def build_norm2d(norm_cfg: Dict, num_channels: int) -> Tuple[str, nn.Module]:
         tuple[str, nn.Module]: A short name (``'ln'``, ``'bn'``, ``'gn'``, ...) and the layer.
 
     Example:
-        >>> build_norm2d(dict(type='LN'), 16)[1]
-        LayerNorm2d((16,), eps=1e-06, elementwise_affine=True)
+        >>> name, layer = build_norm2d(dict(type='LN'), 16)
+        >>> name, type(layer).__name__, layer.normalized_shape, layer.eps
+        ('ln', 'LayerNorm2d', (16,), 1e-06)
     """
     if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
         raise TypeError(f'norm_cfg must be a dict with a "type" key, got {norm_cfg!r}')

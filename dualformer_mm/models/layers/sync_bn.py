@@ -1,10 +1,12 @@
 # Copyright (c) dualformer-mm contributors.
 """Synchronised BatchNorm that runs on CPU process groups (gloo).
 
-The paper trains its detection and segmentation models with synchronised BatchNorm across 8
-GPUs (sections 4.2-4.3). ``torch.nn.SyncBatchNorm`` refuses CPU tensors, so a distributed run
-on CPU machines would otherwise fall back to per-process BatchNorm, whose statistics cover
-only each process's share of the batch and whose gradients differ from a single-process run.
+The paper names no norm layer. Our detection and segmentation configs choose synchronised
+BatchNorm in the backbone (``norm_cfg=dict(type='SyncBN')``, see ``docs/recipes.md``), so that
+its statistics span the paper's whole batch of 16 or 32 images on 8 GPUs (sections 4.2-4.3).
+``torch.nn.SyncBatchNorm`` refuses CPU tensors, so a distributed run on CPU machines would
+otherwise fall back to per-process BatchNorm, whose statistics cover only each process's share
+of the batch and whose gradients differ from a single-process run.
 :class:`CPUSyncBatchNorm` all-reduces the per-process statistics with any backend, so N
 processes with the batch split between them compute what one process computes on the whole
 batch (``tests/test_distributed.py`` checks the gradients).

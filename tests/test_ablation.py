@@ -45,21 +45,32 @@ def data_root(tmp_path_factory):
 
 def test_every_builtin_variant_builds(variants):
     from dualformer_mm import DualFormer
+    full = DualFormer(arch='t')
     for name, variant in variants.VARIANTS.items():
         variants.check_options(name, variant.options)
-        DualFormer(arch='t', **variants.nest(variant.options))
+        model = DualFormer(arch='t', **variants.nest(variant.options))
+        # Every variant but the full model changes the parsed options (no misspelt default).
+        changed = (model.block_cfg, model.attn_cfg) != (full.block_cfg, full.attn_cfg)
+        assert changed == (name != 'full'), name
     for set_name, members in variants.SETS.items():
         assert members[0] == 'full' and set(members) <= set(variants.VARIANTS), set_name
 
 
 def test_variant_spec_parsing(variants):
-    parsed = variants.parse_variant('x:mode=serial, num_partitions=(4, 4, 2, 2),use_inter=False')
-    assert parsed['x'].options == dict(mode='serial', num_partitions=(4, 4, 2, 2),
-                                       use_inter=False)
+    parsed = variants.parse_variant('x:mode=serial, num_partitions=(4, 4, 2, 2),'
+                                    'attn_cfg.use_inter=False')
+    assert parsed['x'].options == {'block_cfg.mode': 'serial', 'num_partitions': (4, 4, 2, 2),
+                                   'attn_cfg.use_inter': False}
+    assert variants.nest(parsed['x'].options) == dict(
+        block_cfg=dict(mode='serial'), num_partitions=(4, 4, 2, 2),
+        attn_cfg=dict(use_inter=False))
     assert variants.parse_variant('serial')['serial'] == variants.VARIANTS['serial']
     with pytest.raises(variants.VariantError, match=r"unknown backbone option 'mdoe'; "
-                       r"accepted: .*\bmode\b"):
+                       r"accepted: .*\bblock_cfg\.mode\b"):
         variants.parse_variant('x:mdoe=serial')
+    with pytest.raises(variants.VariantError, match=r"unknown backbone option "
+                       r"'attn_cfg\.mode'"):
+        variants.parse_variant('x:attn_cfg.mode=serial')
     with pytest.raises(variants.VariantError, match=r"'mode' is not key=value"):
         variants.parse_variant('x:mode')
     with pytest.raises(variants.VariantError, match=r"'nope' is not a built-in variant"):
@@ -98,7 +109,7 @@ def test_tiny_experiment_table_and_resume(tool, data_root, tmp_path, monkeypatch
                                                                    for k in range(9))
         assert row['params'] > 1e6 and row['flops'] > 1e6 and row['ms_per_step'] > 0
     full, serial = saved['rows']
-    assert full['time_vs_full'] == 1.0 and serial['options'] == {'mode': 'serial'}
+    assert full['time_vs_full'] == 1.0 and serial['options'] == {'block_cfg.mode': 'serial'}
     assert full['paper_top1'] == 81.5 and serial['paper_top1'] == 81.0
     assert full['params'] != serial['params']  # serial runs both paths on all channels
 
@@ -132,7 +143,7 @@ def test_tiny_experiment_table_and_resume(tool, data_root, tmp_path, monkeypatch
     real_train_one = ablation.runner.train_one
     monkeypatch.setattr(tool, 'train_one', counting)
     tool.main(_args(data_root, work_dir))
-    assert trained == [({'mode': 'serial'}, 0)]
+    assert trained == [({'block_cfg': {'mode': 'serial'}}, 0)]
     with open(record_path) as f:
         after = json.load(f)
     assert after['final_loss'] == pytest.approx(before['final_loss'], rel=1e-5)

@@ -14,7 +14,7 @@ continues where it stopped. The variants are the table in ``tools/analysis/ablat
 Examples:
     python tools/analysis/ablation.py data/demo/cls --sets table5 table6 readings
     python tools/analysis/ablation.py data/demo/cls --variants full \\
-        serial-kmeans:mode=serial,partition=kmeans --seeds 0 --steps 50
+        serial-kmeans:mode=serial,partition=kmeans --seeds 0 --steps 30
     python tools/analysis/ablation.py --list    # the built-in variants and sets
 """
 import argparse
@@ -51,7 +51,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f'built-in variant sets: {", ".join(SETS)}')
     parser.add_argument('--variants', nargs='+', default=[], metavar='SPEC',
                         help='built-in variant names, or name:key=value,key=value with '
-                        'DualFormer options (dotted keys reach into dict options)')
+                        'DualFormer options (block_cfg.mode=serial, or mode=serial)')
     parser.add_argument('--list', action='store_true', help='print the built-in variants')
     parser.add_argument('--arch', default=b.arch, help='DualFormer size: t, xs, s or b')
     parser.add_argument('--steps', type=int, default=b.steps)

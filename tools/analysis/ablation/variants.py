@@ -2,13 +2,16 @@
 """The ablation variants: backbone options per named variant, and the paper's row each matches.
 
 :data:`VARIANTS` is the one table to edit when a switch is added or renamed: each variant is a
-dict of :class:`~dualformer_mm.DualFormer` options (dotted keys reach into dict options) and
+dict of :class:`~dualformer_mm.DualFormer` options (``block_cfg.mode`` is key ``mode`` of the
+``block_cfg`` dict) and
 the row of Table 5 or 6 of the paper it corresponds to, with the paper's numbers quoted.
 :data:`SETS` names the built-in groups. :func:`parse_variant` reads the ``--variants`` form
-``name:key=value,key=value`` and :func:`check_options` validates option names against the
-backbone's signature, so a typo fails before any training with the accepted names.
+``name:key=value,key=value`` and :func:`resolve_key` validates option names against the
+backbone's signature and its ``block_cfg`` / ``attn_cfg`` fields, so a typo fails before any
+training with the accepted names.
 """
 import ast
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -29,8 +32,8 @@ class Variant:
         paper_top1: The paper's top-1 (%) for this row, if the paper gives one.
 
     Example:
-        >>> Variant({'mode': 'serial'}, 'Table 5: serial', 81.0).options
-        {'mode': 'serial'}
+        >>> Variant({'block_cfg.mode': 'serial'}, 'Table 5: serial', 81.0).options
+        {'block_cfg.mode': 'serial'}
     """
 
     options: Dict[str, Any] = field(default_factory=dict)
@@ -38,27 +41,38 @@ class Variant:
     paper_top1: Optional[float] = None
 
 
+B, A = 'block_cfg', 'attn_cfg'  # DualFormer's block and MHPA option dicts
+# Table 5's "Depth-wise" off has two readings (docs/architecture.md): the MBConv branch without
+# its depth-wise conv ('pointwise', a 1x1 conv) or no conv branch at all ('none').
 VARIANTS: Dict[str, Variant] = {
     'full': Variant({}, f'{T5}: parallel, depth-wise, intra, inter: 81.5; {T6}: LSH, 81.5, '
                     '1253 img/s, 10.5M, 2.3 GFLOPs', 81.5),
-    'serial': Variant({'mode': 'serial'},
+    'serial': Variant({f'{B}.mode': 'serial'},
                       f'{T5}: serial, depth-wise, intra, inter: 81.0', 81.0),
-    'no-dw': Variant({'use_dwconv': False},
-                     f'{T5}: parallel, no depth-wise, intra, inter: 81.2', 81.2),
-    'intra-only': Variant({'use_dwconv': False, 'use_inter': False},
+    'no-dw-pointwise': Variant({f'{B}.local_branch': 'pointwise'},
+                               f'{T5}: parallel, no depth-wise, intra, inter: 81.2', 81.2),
+    'no-dw-none': Variant({f'{B}.local_branch': 'none'},
+                          f'{T5}: parallel, no depth-wise, intra, inter: 81.2', 81.2),
+    'intra-only': Variant({f'{B}.local_branch': 'pointwise', f'{A}.use_inter': False},
                           f'{T5}: parallel, no depth-wise, intra: 80.6', 80.6),
-    'inter-only': Variant({'use_dwconv': False, 'use_intra': False},
+    'inter-only': Variant({f'{B}.local_branch': 'pointwise', f'{A}.use_intra': False},
                           f'{T5}: parallel, no depth-wise, inter: 80.8', 80.8),
-    'kmeans': Variant({'partition': 'kmeans'},
+    'intra-only-none': Variant({f'{B}.local_branch': 'none', f'{A}.use_inter': False},
+                               f'{T5}: parallel, no depth-wise, intra: 80.6', 80.6),
+    'inter-only-none': Variant({f'{B}.local_branch': 'none', f'{A}.use_intra': False},
+                               f'{T5}: parallel, no depth-wise, inter: 80.8', 80.8),
+    'kmeans': Variant({f'{A}.partition': 'kmeans'},
                       f'{T6}: K-Means, 81.6, 806 img/s, 10.5M, 2.3 GFLOPs', 81.6),
-    'intra-token': Variant({'intra': 'token'},
+    'intra-token': Variant({f'{A}.intra': 'token'},
                            'not in the paper: the per-token reading of eqs. 6-7'),
+    'inter-joint': Variant({f'{A}.inter_importance': 'joint'},
+                           'not in the paper: eq. 9 with coefficients from all partitions'),
 }
 
 SETS: Dict[str, List[str]] = {
-    'table5': ['full', 'serial', 'no-dw', 'intra-only', 'inter-only'],
+    'table5': ['full', 'serial', 'no-dw-pointwise', 'no-dw-none', 'intra-only', 'inter-only'],
     'table6': ['full', 'kmeans'],
-    'readings': ['full', 'intra-token'],
+    'readings': ['full', 'intra-token', 'inter-joint'],
 }
 
 # Options of the shared budget (--arch, --drop-path-rate) and of the classifier, not of a variant.
@@ -78,23 +92,42 @@ def backbone_options() -> Dict[str, Any]:
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def check_options(name: str, options: Dict[str, Any]) -> None:
-    """Raise :class:`VariantError` naming any option DualFormer does not take.
+def nested_options() -> Dict[str, List[str]]:
+    """The keys of DualFormer's option dicts: ``{'block_cfg': ['mode', ...], ...}``."""
+    from dualformer_mm.models import AttentionConfig, BlockConfig
+    return {cls.arg_name: [f.name for f in dataclasses.fields(cls)]
+            for cls in (BlockConfig, AttentionConfig)}
 
-    A dotted key (``'a.b'``) sets key ``b`` of the dict option ``a``; it is accepted when ``a``
-    is an option whose default is a dict that has ``b``.
+
+def resolve_key(name: str, key: str) -> str:
+    """The full name of an option: ``mode`` -> ``block_cfg.mode``; unknown names raise.
+
+    A key of one of the option dicts may be written alone (``mode``) or dotted
+    (``block_cfg.mode``); any other key must be a DualFormer argument.
     """
-    accepted = backbone_options()
+    accepted, nested = backbone_options(), nested_options()
+    top, dot, sub = key.partition('.')
+    if dot:
+        if top in nested and sub in nested[top]:
+            return key
+    elif top in accepted and top not in nested:
+        return key
+    else:
+        owners = [arg for arg, keys in nested.items() if top in keys]
+        if len(owners) == 1:
+            return f'{owners[0]}.{top}'
+    names = sorted([k for k in accepted if k not in nested]
+                   + [f'{arg}.{k}' for arg, keys in nested.items() for k in keys])
+    raise VariantError(f'variant {name!r}: unknown backbone option {key!r}; accepted: '
+                       f'{", ".join(names)} (the keys of {" and ".join(nested)} also alone)')
+
+
+def check_options(name: str, options: Dict[str, Any]) -> None:
+    """Raise :class:`VariantError` naming any option DualFormer does not take."""
     for key in options:
-        top, _, sub = key.partition('.')
-        if top not in accepted:
-            raise VariantError(f'variant {name!r}: unknown backbone option {top!r}; accepted: '
-                               f'{", ".join(sorted(accepted))}')
-        default = accepted[top]
-        if sub and not (isinstance(default, dict) and sub in default):
-            keys = sorted(default) if isinstance(default, dict) else []
-            raise VariantError(f'variant {name!r}: option {top!r} has no key {sub!r}; '
-                               f'accepted: {", ".join(f"{top}.{k}" for k in keys) or "none"}')
+        if resolve_key(name, key) != key:
+            raise VariantError(f'variant {name!r}: write {key!r} as '
+                               f'{resolve_key(name, key)!r} in the variant table')
 
 
 def describe(options: Dict[str, Any]) -> str:
@@ -146,9 +179,9 @@ def parse_variant(spec: str) -> Dict[str, Any]:
     """Parse ``name:key=value,key=value`` (or a built-in name) into ``{name: Variant}``.
 
     Example:
-        >>> v = parse_variant('serial-kmeans:mode=serial,partition=kmeans')
+        >>> v = parse_variant('serial-kmeans:mode=serial,attn_cfg.partition=kmeans')
         >>> v['serial-kmeans'].options
-        {'mode': 'serial', 'partition': 'kmeans'}
+        {'block_cfg.mode': 'serial', 'attn_cfg.partition': 'kmeans'}
     """
     name, sep, body = spec.partition(':')
     name = name.strip()
@@ -164,8 +197,7 @@ def parse_variant(spec: str) -> Dict[str, Any]:
         key, eq, value = item.partition('=')
         if not eq or not key.strip():
             raise VariantError(f'--variants {spec!r}: {item!r} is not key=value')
-        options[key.strip()] = _value(value.strip())
-    check_options(name, options)
+        options[resolve_key(name, key.strip())] = _value(value.strip())
     if name in VARIANTS and VARIANTS[name].options != options:
         raise VariantError(f'--variants {spec!r}: {name!r} is a built-in variant with options '
                            f'{VARIANTS[name].options}; choose another name')

@@ -63,6 +63,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeat', type=int, default=10, help='timed rounds')
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'benchmark_onnx'),
                         help='where the ONNX files go')
+    parser.add_argument('--reuse', action='store_true',
+                        help='keep the ONNX files of an earlier run in --work-dir (the check '
+                        'still compares each with the model)')
     parser.add_argument('--json', help='write the results and the environment here')
     args = parser.parse_args(argv)
     if min(args.threads, args.repeat) < 1 or args.warmup < 0:
@@ -76,9 +79,11 @@ def run_task(task: str, size, models: List[str], args: argparse.Namespace,
     x = torch.randn(1, 3, *size)
     fns, rows = {}, []
     for name in models:
+        torch.manual_seed(0)  # the same random weights in every run, so --reuse can hold
         target = build_target(CONFIGS[name][task], part=task)
         path = osp.join(args.work_dir, f'{name}_{task}_{size[0]}x{size[1]}.onnx')
-        export(target.module, x, path, target.output_names)
+        if not (args.reuse and osp.exists(path)):
+            export(target.module, x, path, target.output_names)
         sess = session(path, threads=args.threads)
         result = check(target, path, x, sess)
         print(f'{name} {task}: {result.describe()}', flush=True)

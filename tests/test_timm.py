@@ -9,7 +9,6 @@ import os.path as osp
 import subprocess
 import sys
 import types
-import warnings
 
 import numpy as np
 import pytest

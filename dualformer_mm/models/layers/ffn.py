@@ -144,9 +144,9 @@ class FFN(BaseModule):
         ('tiled_training', 'plain')
     """
 
-    # Measured on 2 CPU cores (docs/benchmarks.md): tiles made a training FFN step 1.4-1.7x
-    # faster than oneDNN's 1x1 convolutions at 64 and 128 channels (hidden 448 and 896), and
-    # slower at 320.
+    # Measured at DualFormer-S's shapes on 2 CPU cores (docs/benchmarks.md): tiles made a
+    # training FFN step 1.4-1.7x faster than oneDNN's 1x1 convolutions at 64 channels (hidden
+    # 448), 1.3x at 128 (hidden 896), and slower at 320 (hidden 2080).
     TILED_TRAINING_MAX_DIMS = 128
 
     def __init__(self,

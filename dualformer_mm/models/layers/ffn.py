@@ -4,7 +4,7 @@
 :class:`FFN` is the usual transformer FFN written for NCHW maps (1x1 conv, activation, 1x1
 conv). On CPU, for channels-last maps, it runs as matrix products over tiles of pixels so that
 the wide hidden map never goes through memory in full (:func:`ffn_over_tiles`, and
-:class:`TiledFFNFunction` with its own tiled backward). ``tests/test_layers_ffn.py`` compares
+:class:`TiledFFNFunction` with its own tiled backward). ``tests/test_layers.py`` compares
 every path with the plain convolutions; ``docs/architecture.md`` ("Memory layout and FFN
 tiles") and ``docs/benchmarks.md`` give the measurements behind the thresholds.
 """
@@ -114,7 +114,7 @@ class FFN(BaseModule):
     """The block's feed-forward network: 1x1 conv to ``hidden`` channels, activation, 1x1 conv.
 
     One computation, run per call in one of three ways that give the same numbers
-    (``tests/test_layers_ffn.py`` compares them):
+    (``tests/test_layers.py`` compares them):
 
     * plain: two 1x1 convolutions (cuDNN on GPUs, oneDNN on CPUs);
     * on CPU, for channels-last maps (DualFormer's default layout), matrix products over tiles

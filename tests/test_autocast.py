@@ -12,6 +12,7 @@ import torch
 
 from dualformer_mm import DualFormer, ops
 from dualformer_mm.ops import partition as ref_ops
+from tests.utils import TINY_ARCH
 
 BACKENDS = ['ext', 'reference']
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
@@ -110,8 +111,9 @@ def cast_norm_outputs_to_fp32(model: torch.nn.Module) -> None:
 def test_training_step_under_autocast(backend, autocast, norm, intra, monkeypatch):
     norm_cfg = dict(type='GN', num_groups=1) if norm == 'GN' else dict(type=norm)
     torch.manual_seed(0)
-    model = DualFormer('t', norm_cfg=norm_cfg, intra=intra, drop_path_rate=0.,
-                       out_indices=(3, )).train()
+    # One block per stage: every block gives MHPA the same mix of dtypes.
+    model = DualFormer(TINY_ARCH, norm_cfg=norm_cfg, attn_cfg=dict(intra=intra),
+                       drop_path_rate=0., out_indices=(3, )).train()
     if norm != 'BN':
         cast_norm_outputs_to_fp32(model)
     seen = set()
@@ -119,7 +121,7 @@ def test_training_step_under_autocast(backend, autocast, norm, intra, monkeypatc
     op = getattr(ops, op_name)
     monkeypatch.setattr(ops, op_name, lambda *a: seen.add(tuple(
         t.dtype for t in a if isinstance(t, torch.Tensor) and t.is_floating_point())) or op(*a))
-    head = torch.nn.Linear(320, 10)
+    head = torch.nn.Linear(TINY_ARCH['channels'][-1], 10)
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -11,6 +11,7 @@ import torch
 
 from dualformer_mm import DualFormer, ops
 from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from tests.utils import TINY_ARCH
 
 BACKENDS = ['ext', 'reference']
 # None: plain fp32. The autocast dtypes are the ones CPU autocast offers.
@@ -74,7 +75,8 @@ def test_partition_attention_is_finite(backend, precision, case):
 @pytest.mark.parametrize('case', ['identical', 'huge', 'tiny'])
 def test_backbone_is_finite(backend, precision, case):
     torch.manual_seed(0)
-    model = DualFormer('t', drop_path_rate=0.).train()
+    # One block per stage: the edge cases reach every stage's MHPA as in a deeper model.
+    model = DualFormer(TINY_ARCH, drop_path_rate=0.).train()
     x = make_input(case, shape=(2, 3, 64, 64))
     with ops.use_backend(backend):
         # A mean, as training losses are: with a sum, the 1e-6 input's stem BatchNorm gradient
@@ -90,7 +92,7 @@ def test_inference_under_autocast(precision):
     # Eval without autograd takes the tiled CPU FFN in fp32; under autocast it must still run
     # and agree with fp32 to half precision.
     torch.manual_seed(0)
-    model = DualFormer('t').eval()
+    model = DualFormer(TINY_ARCH).eval()
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         reference = model(x)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dualformer_mm import DualFormer, ops
-from tests.utils import ARCHS, DEVICES
+from tests.utils import DEVICES, TINY_ARCH
 
 CUDA_OK = torch.cuda.is_available()
 # (dtype, rtol, atol) of ext against reference. Both accumulate half precision in fp32, so
@@ -27,6 +27,22 @@ def ext_backend():
                     f'{ops._backend._state.error}')
     with ops.use_backend('ext'):
         yield
+
+
+def assert_close_to_reference(got, want, device, rtol, atol, **kwargs):
+    """``assert_close`` of an ext result with the reference's.
+
+    On CUDA the kernels' atomics add in another order than the reference's ``index_add``:
+    where a sum cancels (the score gradients, ``w (g - sum_j w_j g_j)``), fp32 results then
+    differ by about 1e-5 of the tensor's largest element (tests/test_cuda_emulation.py
+    measures it on the emulated grids), so there ``atol`` is at least ``rtol`` times that
+    element. The CPU kernels sum in the reference's order and keep ``atol``.
+    """
+    if device == 'cuda' and want.is_floating_point():
+        finite = want[torch.isfinite(want)]
+        if finite.numel():
+            atol = max(atol, rtol * finite.abs().max().item())
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, **kwargs)
 
 
 def reference(fn, *args):
@@ -141,7 +157,7 @@ def test_pools_forward_backward_match_reference(device, dtype, rtol, atol):
     for name, got, want in zip(('soft', 'mean', 'counts', 'spread', 'weights', 'grad_s',
                                 'grad_v'), grads['ext'], grads['reference']):
         assert got.dtype == want.dtype and got.shape == want.shape, name
-        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=name)
+        assert_close_to_reference(got, want, device, rtol, atol, msg=name)
     soft, mean = grads['ext'][:2]
     # Empty partitions give exact zeros, never NaN.
     assert torch.isfinite(soft.float()).all() and torch.isfinite(mean.float()).all()
@@ -202,7 +218,7 @@ def test_non_contiguous_inputs(device):
                      ('partition_mean', (values, codes, 5)),
                      ('partition_distribute', (pooled, codes))):
         got, want = getattr(ops, op)(*args), reference(op, *args)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=op)
+        assert_close_to_reference(got, want, device, 1e-5, 1e-6, msg=op)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -214,8 +230,8 @@ def test_large_n(device):
     for op, args in (('partition_softmax_pool', (scores, values, codes, k)),
                      ('partition_softmax', (scores, codes, k)),
                      ('partition_mean', (values, codes, k))):
-        torch.testing.assert_close(getattr(ops, op)(*args), reference(op, *args),
-                                   rtol=1e-5, atol=1e-3, msg=op)
+        assert_close_to_reference(getattr(ops, op)(*args), reference(op, *args), device,
+                                  1e-5, 1e-3, msg=op)
     half = values.half()
     mean, _ = ops.partition_mean(half, codes, k)
     assert torch.isfinite(mean).all()
@@ -240,7 +256,7 @@ def test_softmax_pool_propagates_nan_and_inf(device):
     assert out[1, codes[1, 3], 2].isnan() and out[1, codes[1, 7], 4].isnan()
     assert out.isnan().sum() == 2 and (out[0, :-1] == 0).all()  # empty partitions stay 0
     for got, want in zip(results['ext'], results['reference']):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+        assert_close_to_reference(got, want, device, 1e-5, 1e-6, equal_nan=True)
     # Per-token weights: NaN for every token of the affected partition and channel only.
     weights = {}
     for backend in ('ext', 'reference'):
@@ -253,7 +269,7 @@ def test_softmax_pool_propagates_nan_and_inf(device):
     assert w[1, codes[1] == codes[1, 3], 2].isnan().all()
     assert w.isnan().sum() == (codes[1] == codes[1, 3]).sum() + (codes[1] == codes[1, 7]).sum()
     for got, want in zip(weights['ext'], weights['reference']):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+        assert_close_to_reference(got, want, device, 1e-5, 1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -313,11 +329,13 @@ def test_codes_out_of_range_raise():
         torch.ops.dualformer.partition_softmax_pool(values.double(), values, bad.clamp(max=3), 4)
 
 
-@pytest.mark.parametrize('arch,intra', [(arch, 'pool') for arch in ARCHS] + [('t', 'token')])
-def test_backbone_ext_equals_reference(arch, intra):
-    # Eval mode: with batch statistics of a 2x3 stage-4 map, train-mode BatchNorm of the deep
-    # sizes amplifies fp32 summation-order noise by 1e4, which says nothing about the ops.
-    model = DualFormer(arch=arch, drop_path_rate=0., intra=intra).eval()
+@pytest.mark.parametrize('intra', ['pool', 'token'])
+def test_backbone_ext_equals_reference(intra):
+    # Every size runs the same ops on the same code paths: one block per stage, head widths
+    # 8, 8, 16 and 24 (tests.utils.TINY_ARCH). Eval mode: with batch statistics of a 2x3
+    # stage-4 map, train-mode BatchNorm amplifies fp32 summation-order noise by 1e4 in the
+    # deep sizes, which says nothing about the ops.
+    model = DualFormer(arch=TINY_ARCH, drop_path_rate=0., attn_cfg=dict(intra=intra)).eval()
     x = torch.rand(2, 3, 64, 96)
     outs = {}
     for backend in ('ext', 'reference'):

@@ -9,3 +9,9 @@ CUDA = pytest.param('cuda', marks=[pytest.mark.cuda,
                                                       reason='needs a CUDA device')])
 DEVICES = ['cpu', CUDA]
 ARCHS = ['t', 'xs', 's', 'b']
+# A DualFormer with one block per stage, for tests of code paths that every size runs alike
+# (the sizes themselves are tested where they matter: Table 1's cost, the configs). Its last
+# stage is wider than FFN.TILED_TRAINING_MAX_DIMS, as T's last two are, so a training step
+# takes both the tiled and the plain FFN; two and three heads per stage in the later stages.
+TINY_ARCH = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 144], num_heads=[1, 2, 2, 3],
+                 mlp_ratios=[2, 2, 2, 2])

@@ -8,6 +8,7 @@ choice) in the message. Configs are only loaded (``Config.fromfile``), never bui
 """
 import functools
 import glob
+import importlib.util
 import os.path as osp
 import re
 from dataclasses import dataclass
@@ -338,8 +339,9 @@ FIGURES = {
     'ade20k': ('Table 4', {'s': 'mIoU 48.6', 'b': 'mIoU 50.5'}),
 }
 SECTIONS = {'imagenet': '4.1', 'coco_1x': '4.2', 'coco_3x': '4.2', 'ade20k': '4.3'}
-# Line 1 names the stated number a config does not follow (docs/recipes.md says why).
-RECIPE_EXCEPT = {'imagenet': ', except the lr'}
+# The learning rates the paper states (sections 4.1 and 4.3; section 4.2 gives none). Line 1
+# says ", except the lr" where a config does not follow it (docs/recipes.md says why).
+PAPER_LR = {'imagenet': 5e-4, 'ade20k': 1e-4}
 
 
 def _rel(path: str) -> str:
@@ -402,16 +404,104 @@ def test_batch_comments_say_the_batch(path):
         f'trains {cfg.train_dataloader.batch_size} images per GPU on the paper\'s {GPUS} GPUs')
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: _rel(p)[8:-3])
-def test_header_says_recipe_and_the_papers_figure(path):
-    """Line 1: the paper's recipe; line 2: the paper's figure, which is not reproduced here."""
-    task, size = _task(path), _size(path)
+# Line 1 of every config: what it trains, on what, and whose recipe, e.g. "Mask R-CNN +
+# DualFormer-T on COCO 2017, 3x schedule + MS: the paper's recipe (section 4.2)." or, for the
+# demo, "make demo: DualFormer-T image classifier on the synthetic shapes (4 classes, 64x64
+# images)."
+HEADER = re.compile(
+    r"# (?P<demo>make demo: )?(?:(?P<head>Mask R-CNN|UperNet) \+ )?DualFormer-(?P<size>T|XS|S|B) "
+    r"(?:image classifier )?on (?P<data>[^:]+?)"
+    r"(?:: the paper's recipe \(section (?P<section>4\.\d)\)(?P<lr_except>, except the lr)?)?\.$")
+MODEL_TYPES = {None: 'ImageClassifier', 'Mask R-CNN': 'MaskRCNN', 'UperNet': 'EncoderDecoder'}
+
+
+@functools.lru_cache(maxsize=None)
+def _demo_configs() -> Tuple[str, ...]:
+    """The configs ``make demo`` trains (``tools/run_demo.py``'s tasks)."""
+    spec = importlib.util.spec_from_file_location('run_demo_tasks',
+                                                  osp.join(ROOT, 'tools', 'run_demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(sorted(osp.join(ROOT, task['config']) for task in module.TASKS.values()))
+
+
+def _data_claims(data: str, cfg: Config) -> List[Tuple[str, Any, Any]]:
+    """(claim, the config's value, the value line 1 says) for line 1's data part."""
+    train = _train_pipeline(cfg)
+    dataset = cfg.train_dataloader.dataset
+    match = re.fullmatch(r'ImageNet-1K at (\d+)x(\d+)', data)
+    if match:
+        return [('ImageNet-1K', (dataset.type, cfg.model.head.num_classes), ('ImageNet', 1000)),
+                (f'{match[1]}x{match[2]} training crop',
+                 _transform(train, 'RandomResizedCrop')['scale'], int(match[1]))]
+    match = re.fullmatch(r'COCO 2017, (\d)x schedule( \+ MS)?', data)
+    if match:
+        return [('COCO 2017', (dataset.type, dataset.ann_file),
+                 ('CocoDataset', 'annotations/instances_train2017.json')),
+                (f'{match[1]}x schedule (12 epochs each)', cfg.train_cfg.max_epochs,
+                 12 * int(match[1])),
+                ('multi-scale training' if match[2] else 'single-scale training',
+                 'RandomChoice' in _types(train), bool(match[2]))]
+    match = re.fullmatch(r'ADE20K at (\d+)x(\d+)', data)
+    if match:
+        return [('ADE20K', (dataset.type, cfg.model.decode_head.num_classes),
+                 ('ADE20KDataset', 150)),
+                (f'{match[1]}x{match[2]} training crop',
+                 tuple(_transform(train, 'RandomCrop')['crop_size']),
+                 (int(match[1]), int(match[2])))]
+    match = re.fullmatch(r'the synthetic shapes \((?:(\d+) classes|(COCO|ADE20K) format), '
+                         r'(\d+)x(\d+) images\)', data)
+    assert match, f'line 1 names data this test does not know: {data!r}'
+    size = (int(match[3]), int(match[4]))
+    claims = [('data/demo/', dataset.data_root.startswith('data/demo/'), True)]
+    if match[1]:
+        claims.append((f'{match[1]} classes', cfg.model.head.num_classes, int(match[1])))
+        claims.append((f'{size} crop', _transform(train, 'RandomResizedCrop')['scale'], size[0]))
+    elif match[2] == 'COCO':
+        claims.append(('COCO format', dataset.type, 'CocoDataset'))
+        claims.append((f'{size} images', tuple(_transform(train, 'Resize')['scale']), size))
+    else:
+        # ADE20KDataset takes only subsets of ADE's 150 classes: the layout is read by its base.
+        claims.append(('ADE20K format', (dataset.img_suffix, dataset.seg_map_suffix,
+                                         dataset.reduce_zero_label), ('.jpg', '.png', True)))
+        claims.append((f'{size} images', tuple(cfg.model.data_preprocessor.size), size))
+    return claims
+
+
+@pytest.mark.parametrize('path', [p for p in ALL_CONFIGS if '_base_' not in p],
+                         ids=lambda p: _rel(p)[8:-3])
+def test_header_says_what_the_config_trains(path):
+    """Line 1's model, size, data, schedule and recipe are the config's; line 2 quotes the
+    paper's figure, which is not reproduced here (a demo's line 2 says what it inherits)."""
+    cfg = _load(path)
     with open(path) as f:
         first, second = f.readline().rstrip('\n'), f.readline().rstrip('\n')
-    assert first.startswith('# ') and first.endswith(
-        f"the paper's recipe (section {SECTIONS[task]}){RECIPE_EXCEPT.get(task, '')}.") and \
-        f'DualFormer-{SIZES[size]} ' in first, first
-    table, figures = FIGURES[task]
+    header = HEADER.match(first)
+    assert header, f'{_rel(path)}: line 1 does not say what the config trains: {first!r}'
+    claims = [('model', cfg.model.type, MODEL_TYPES[header['head']]),
+              (f'DualFormer-{header["size"]}', (cfg.model.backbone.type, cfg.model.backbone.arch),
+               ('DualFormer', header['size'].lower())),
+              ('trained by make demo', path in _demo_configs(), bool(header['demo']))]
+    if header['head'] == 'UperNet':
+        claims.append(('UperNet', cfg.model.decode_head.type, 'UPerHead'))
+    claims += _data_claims(header['data'], cfg)
+    if header['demo']:
+        assert header['section'] is None, f'{_rel(path)}: a demo config names a recipe'
+    else:
+        task = _task(path)
+        # The section whose PAPER entries test_config_holds_the_papers_number checks here.
+        claims.append(("the paper's recipe", header['section'], SECTIONS[task]))
+        lr = cfg.optim_wrapper.optimizer.lr
+        claims.append((f'lr {lr} against the paper\'s {PAPER_LR.get(task)}',
+                       bool(header['lr_except']),
+                       task in PAPER_LR and lr != pytest.approx(PAPER_LR[task])))
+    wrong = [claim for claim in claims if claim[1] != claim[2]]
+    assert not wrong, (f'{_rel(path)}: line 1 says {first!r}, which the config does not do: '
+                       f'(claim, the config\'s value, the value line 1 says) {wrong}')
+    if header['demo']:
+        return
+    table, figures = FIGURES[_task(path)]
+    size = header['size'].lower()
     figure = f'{figures[size]} ({table}).' if size in figures else \
         f'none ({table} reports only S and B).'
     assert second == f"# Paper's figure, not reproduced here: {figure} Recipe: docs/recipes.md.", (
@@ -492,5 +582,3 @@ def test_imagenet_header_says_what_is_the_papers_and_what_is_ours(path):
         actual = get(cfg)
         assert actual == (pytest.approx(value) if isinstance(value, float) else value), (
             f'{_rel(path)}: the header says {name} {value}, the config has {actual!r}')
-    # Line 1's exception: the lr is not the paper's stated 5e-4 at its batch of 1024.
-    assert _total_batch(cfg) == 1024 and cfg.optim_wrapper.optimizer.lr != pytest.approx(5e-4)

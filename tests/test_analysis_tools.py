@@ -1,15 +1,13 @@
 # Copyright (c) dualformer-mm contributors.
 """The analysis tools of the paper's Figures 5 and 6: the Fourier analysis of feature maps
 (``tools/analysis/fourier.py``) and the LSH partition drawings
-(``tools/visualization/partitions.py``), run as scripts on tiny inputs, and the Fourier core on
-inputs whose spectrum is known.
+(``tools/visualization/partitions.py``), their ``main()`` run on tiny inputs, and the Fourier
+core on inputs whose spectrum is known.
 """
 import importlib.util
 import json
 import math
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -33,13 +31,6 @@ def _load_tool(relpath: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _run(args, timeout=300) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return result
 
 
 def _assert_image(path) -> None:
@@ -89,12 +80,13 @@ def test_fourier_rejects_bad_arguments(fourier, capsys):
     assert '--size must be >= 64' in capsys.readouterr().err
 
 
-def test_fourier_tool(tmp_path):
+def test_fourier_tool(fourier, tmp_path, capsys, monkeypatch):
     out_json, out_png = tmp_path / 'fourier.json', tmp_path / 'fourier.png'
-    result = _run(['tools/analysis/fourier.py', '--config', CONFIG, '--size', '64',
-                   '--images', '2', '--peer', 'swin-t', '--json', str(out_json),
-                   '--png', str(out_png)])
-    assert 'randomly initialised' in result.stdout  # the honesty note
+    monkeypatch.chdir(ROOT)
+    fourier.main(['--config', CONFIG, '--size', '64', '--images', '2', '--peer', 'swin-t',
+                  '--json', str(out_json), '--png', str(out_png)])
+    stdout = capsys.readouterr().out
+    assert 'randomly initialised' in stdout  # the honesty note
     data = json.loads(out_json.read_text())
     layers = data['models']['dualformer']['layers']
     assert len(layers) == sum(DEPTHS_T)
@@ -108,15 +100,16 @@ def test_fourier_tool(tmp_path):
             assert row['delta'][0] == 0
     assert data['settings']['images'] == 2 and data['notes']
     _assert_image(out_png)
-    table = [line for line in result.stdout.splitlines() if line.startswith('dualformer ')]
+    table = [line for line in stdout.splitlines() if line.startswith('dualformer ')]
     assert len(table) == sum(DEPTHS_T)
 
 
-def test_partitions_tool_all_heads(tmp_path):
+def test_partitions_tool_all_heads(tmp_path, capsys, monkeypatch):
     out_png, out_json = tmp_path / 'vis' / 'partitions.png', tmp_path / 'partitions.json'
-    result = _run(['tools/visualization/partitions.py', CONFIG, '--size', '64', '--all-heads',
-                   '--out', str(out_png), '--json', str(out_json)])
-    assert f'wrote {out_png}' in result.stdout
+    monkeypatch.chdir(ROOT)
+    _load_tool('tools/visualization/partitions.py').main(
+        [CONFIG, '--size', '64', '--all-heads', '--out', str(out_png), '--json', str(out_json)])
+    assert f'wrote {out_png}' in capsys.readouterr().out
     _assert_image(out_png)
     panels = json.loads(out_json.read_text())['panels']
     heads = [sum(p['stage'] == s for p in panels) for s in range(4)]

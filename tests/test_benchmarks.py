@@ -3,14 +3,15 @@
 
 ``throughput.py`` (the speed comparison of the paper's Table 6, section 4.4),
 ``resolution_scaling.py`` (cost against input size, the linear-complexity claim of section
-3.2), ``train_step.py`` (training steps of the backbones and of their Mask R-CNNs) and
-``bench_ops.py`` (the fused partition ops against their reference) run as subprocesses at
-tiny settings; the tests check the JSON fields, that the numbers are positive and the ratios
-are to the same run's Swin-T, that the PNGs exist, and the errors for bad requests. The
+3.2) and ``bench_ops.py`` (the fused partition ops against their reference) run their
+``main()`` in this process at tiny settings; ``train_step.py`` (training steps of the backbones
+and of their Mask R-CNNs) runs as a subprocess (``slow``), and so does a script on a machine
+without the toolboxes. The tests check the JSON fields, that the numbers are positive and the
+ratios are to the same run's Swin-T, that the PNGs exist, and the errors for bad requests. The
 shared pieces of the ``benchlib`` package beside them (where a peer comes from, mmpretrain or
 timm; the memory held between steps; the targets) and the training step of ``train_step.py``
-(the fp16 GradScaler) are tested in-process. No timing is asserted: the scripts print ratios for people to read, and a shared CI machine makes any
-threshold flaky.
+(the fp16 GradScaler) are tested in-process. No timing is asserted: the scripts print ratios
+for people to read, and a shared CI machine makes any threshold flaky.
 """
 import doctest
 import importlib.util
@@ -29,7 +30,7 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PYTHON = sys.executable
 THROUGHPUT = 'tools/benchmarks/throughput.py'
-SCALING = 'tools/benchmarks/resolution_scaling.py'
+BENCH_DIR = osp.join(ROOT, 'tools', 'benchmarks')
 # Small enough for seconds on 2 cores; 64 px still gives Swin-T (with pad_small_map) and
 # DualFormer a 2x2 map at stride 32.
 TINY = ['--warmup', '0', '--repeat', '1', '--threads', '1']
@@ -54,12 +55,33 @@ def _check_environment(env: dict) -> None:
     assert ops_env['kernels'] == (ops_env['extension'] and ops_env['mode'] != 'reference')
 
 
-def test_throughput_writes_json_and_png(tmp_path: Path):
+@pytest.fixture
+def script(monkeypatch):
+    """Run a script's ``main(argv)`` in this process as its command line would, returning its
+    exit status; the thread count it sets is put back afterwards."""
+    monkeypatch.syspath_prepend(BENCH_DIR)
+    threads = torch.get_num_threads()
+
+    def run(name, argv):
+        module = importlib.import_module(name)
+        monkeypatch.setattr(sys, 'argv', [f'{name}.py', *argv])
+        from benchlib.errors import run_main
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(lambda: module.main(argv))
+        return exit_info.value.code
+
+    yield run
+    torch.set_num_threads(threads)
+
+
+def test_throughput_writes_json_and_png(script, tmp_path: Path, capsys):
     out_json, out_png = tmp_path / 'tp.json', tmp_path / 'tp.png'
-    result = _run([THROUGHPUT, '--models', 'dualformer-t', 'swin-t', '--batch', '2',
-                   '--size', '64', '--json', str(out_json), '--png', str(out_png)] + TINY)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert 'img/s' in result.stdout and 'dualformer-t' in result.stdout
+    code = script('throughput', ['--models', 'dualformer-t', 'swin-t', '--batch', '2',
+                                 '--size', '64', '--json', str(out_json), '--png', str(out_png)]
+                  + TINY)
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert 'img/s' in stdout and 'dualformer-t' in stdout
     data = json.loads(out_json.read_text())
     assert data['benchmark'] == 'throughput' and data['batch'] == 2 and data['size'] == 64
     rows = {r['model']: r for r in data['rows']}
@@ -70,21 +92,26 @@ def test_throughput_writes_json_and_png(tmp_path: Path):
             assert _positive(row[key]), (row['model'], key, row[key])
         assert len(row['times_s']) == 1
     assert rows['swin-t']['ratio_to_swin_t'] == pytest.approx(1.0)
+    dual = rows['dualformer-t']
+    assert dual['ratio_to_swin_t'] == pytest.approx(dual['img_per_s'] / rows['swin-t']['img_per_s'])
+    assert dual['img_per_s'] == pytest.approx(2 / (dual['ms_per_batch'] / 1e3))
     # Where each model came from is printed and recorded (mmpretrain here; timm without it).
-    assert '  swin-t: mmpretrain 1.2.0' in result.stdout
+    assert '  swin-t: mmpretrain 1.2.0' in stdout
     assert rows['swin-t']['implementation'] == 'mmpretrain 1.2.0'
-    assert rows['dualformer-t']['implementation'].startswith('dualformer_mm ')
+    assert dual['implementation'].startswith('dualformer_mm ')
     _check_environment(data['environment'])
     assert out_png.stat().st_size > 0
 
 
-def test_resolution_scaling_writes_json_and_png(tmp_path: Path):
+def test_resolution_scaling_writes_json_and_png(script, tmp_path: Path, capsys):
     out_json, out_png = tmp_path / 'rs.json', tmp_path / 'rs.png'
     # Given largest first and non-square: the script sorts by pixels, growth is from 64x64.
-    result = _run([SCALING, '--models', 'dualformer-t', 'swin-t', '--sizes', '64x96',
-                   '64x64', '--json', str(out_json), '--png', str(out_png)] + TINY)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert 'peak MiB' in result.stdout
+    code = script('resolution_scaling', ['--models', 'dualformer-t', 'swin-t', '--sizes',
+                                         '64x96', '64x64', '--json', str(out_json), '--png',
+                                         str(out_png)] + TINY)
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert 'peak MiB' in stdout
     data = json.loads(out_json.read_text())
     assert data['benchmark'] == 'resolution_scaling' and data['sizes'] == ['64x64', '64x96']
     rows = data['rows']
@@ -97,61 +124,80 @@ def test_resolution_scaling_writes_json_and_png(tmp_path: Path):
             assert _positive(row[key]), (row['model'], key, row[key])
     first, second = rows[0], rows[1]
     assert first['time_ratio_over_pixel_ratio'] == pytest.approx(1.0)
+    # 1.5x the pixels: the ratio is the time's growth over the pixels'.
+    assert second['time_ratio_over_pixel_ratio'] == pytest.approx(
+        second['ms'] / first['ms'] / 1.5)
     assert first['time_exponent'] is None and isinstance(second['time_exponent'], float)
     assert data['targets'] == []  # defined at 800x1280, which this run did not measure
     _check_environment(data['environment'])
     assert out_png.stat().st_size > 0
 
 
-def test_unknown_model_lists_accepted_names():
-    result = _run([THROUGHPUT, '--models', 'dualformer-t', 'resnet-50'])
-    assert result.returncode == 2
-    assert "argument --models: invalid choice: 'resnet-50'" in result.stderr
-    for name in ('dualformer-xs', 'swin-t', 'convnext-t', 'pvtv2-b2'):
-        assert name in result.stderr
+@pytest.mark.parametrize('name, args, message', [
+    ('throughput', ['--models', 'dualformer-t', 'resnet-50'],
+     "argument --models: invalid choice: 'resnet-50'"),
+    ('resolution_scaling', ['--sizes', '800'], 'argument --sizes'),
+    ('resolution_scaling', ['--device', 'cuda'], 'argument --device: cuda was requested'),
+])
+def test_bad_arguments_are_named(script, capsys, name, args, message):
+    if '--device' in args and torch.cuda.is_available():
+        pytest.skip('checks the error without CUDA')
+    assert script(name, args) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err
+    if '--models' in args:
+        for model in ('dualformer-xs', 'swin-t', 'convnext-t', 'pvtv2-b2'):
+            assert model in err
+    if '--sizes' in args:
+        assert 'HEIGHTxWIDTH' in err
 
 
-def test_bad_size_names_the_format():
-    result = _run([SCALING, '--sizes', '800'])
-    assert result.returncode == 2
-    assert 'argument --sizes' in result.stderr and 'HEIGHTxWIDTH' in result.stderr
+def test_missing_toolbox_names_model_and_package(script, monkeypatch, capsys):
+    # None in sys.modules makes the import fail, as for an uninstalled mmdet.
+    for name in ('mmdet', 'mmdet.models', 'mmdet.registry'):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert script('throughput', ['--models', 'pvtv2-b1'] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "throughput.py: error: model 'pvtv2-b1' needs the mmdet package" in err
+    assert 'pip install mmdet' in err
 
 
-def test_missing_toolbox_names_model_and_package(tmp_path: Path):
-    # A stand-in mmdet that fails to import, first on the path, plays an uninstalled mmdet.
-    (tmp_path / 'mmdet').mkdir()
-    (tmp_path / 'mmdet' / '__init__.py').write_text("raise ImportError('no mmdet here')\n")
-    result = _run([THROUGHPUT, '--models', 'pvtv2-b1'] + TINY, PYTHONPATH=str(tmp_path))
-    assert result.returncode == 2
-    assert "model 'pvtv2-b1' needs the mmdet package" in result.stderr
-    assert 'pip install mmdet' in result.stderr and 'Traceback' not in result.stderr
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error without CUDA')
-def test_cuda_without_gpu_is_a_clear_error():
-    # Both scripts validate --device in benchlib.options.settings_from_args; one covers it.
-    result = _run([SCALING, '--device', 'cuda'])
-    assert result.returncode == 2
-    assert 'argument --device: cuda was requested' in result.stderr
-    assert 'Traceback' not in result.stderr
-
-
-def test_bench_ops_json_rows():
-    # Both shapes, every op, with the forward/backward split; one timed call each.
-    result = _run(['tools/benchmarks/bench_ops.py', '--repeat', '1', '--threads', '1',
-                   '--split', '--json'])
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(result.stdout[result.stdout.index('['):])
+def test_bench_ops_json_rows(script, monkeypatch, capsys):
+    # bench_ops.py's own main() at the GPU check's dry-run shapes (its default shapes, on
+    # which the numbers are quoted, take minutes on a CPU); every op, with the
+    # forward/backward split and the bandwidth rows; one timed call each.
+    import bench_ops
+    assert list(bench_ops.SHAPES) == ['224x224 b32', '800x1280 b1']
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        from gpu_check.bench_ops_dry import DRY_SHAPES
+    finally:
+        sys.path.remove(osp.join(ROOT, 'tools'))
+    monkeypatch.setattr(bench_ops, 'SHAPES', dict(DRY_SHAPES))
+    monkeypatch.setattr(bench_ops, 'BANDWIDTH_SHAPES', dict(DRY_SHAPES))
+    monkeypatch.setattr(sys, 'argv', ['bench_ops.py', '--repeat', '1', '--threads', '1',
+                                      '--split', '--bandwidth', '--json'])
+    threads = torch.get_num_threads()
+    try:
+        bench_ops.main()
+    finally:
+        torch.set_num_threads(threads)
+    stdout = capsys.readouterr().out
+    rows = json.loads(stdout[stdout.index('['):])
     ops = {(r['op'], r['shape']) for r in rows}
-    for shape in ('224x224 b32', '800x1280 b1'):
+    for shape in DRY_SHAPES:
         for op in ('lsh_hash', 'partition_softmax_pool', 'partition_mean',
                    'partition_distribute', 'pipeline', 'mhpa',
                    'partition_distribute:forward', 'partition_distribute:backward',
-                   'partition_mean:backward', 'partition_softmax_pool:forward'):
+                   'partition_mean:backward', 'partition_softmax_pool:forward',
+                   'partition_softmax_pool:bandwidth'):
             assert (op, shape) in ops, (op, shape)
     for r in rows:
-        assert set(r) == {'op', 'shape', 'device', 'reference_ms', 'ext_ms', 'speedup'}
         assert r['device'] == 'cpu'
+        if r['op'].endswith(':bandwidth'):
+            assert 0 < r['fraction'] == pytest.approx(r['op_gbps'] / r['copy_gbps'])
+            continue
+        assert set(r) == {'op', 'shape', 'device', 'reference_ms', 'ext_ms', 'speedup'}
         assert _positive(r['reference_ms']) and _positive(r['ext_ms'])
         assert r['speedup'] == pytest.approx(r['reference_ms'] / r['ext_ms'])
 
@@ -159,7 +205,6 @@ def test_bench_ops_json_rows():
 # --- training benchmark (train_step.py) and the benchlib package, in-process ---------------
 
 TRAIN_STEP = 'tools/benchmarks/train_step.py'
-BENCH_DIR = osp.join(ROOT, 'tools', 'benchmarks')
 
 
 @pytest.fixture
@@ -176,6 +221,7 @@ def bench(monkeypatch):
         train_step=train_step)
 
 
+@pytest.mark.slow
 def test_train_step_writes_both_parts(tmp_path: Path):
     out_json, out_png = tmp_path / 'train.json', tmp_path / 'train.png'
     # The default detector models (DualFormer-S and Swin-T Mask R-CNNs from their configs) at

@@ -8,7 +8,6 @@ which must pass.
 import doctest
 import importlib.util
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
@@ -141,48 +140,38 @@ def test_test_tool_checks_only_the_test_dataloader(tmp_path, monkeypatch):
         check_dataset_paths(cfg, TRAIN_VAL)
 
 
-TOOL_RUNS = {
-    'train-mmpretrain': ['tools/train.py', CONFIGS['mmpretrain']],
-    'train-mmdet': ['tools/train.py', CONFIGS['mmdet']],
-    'train-mmseg': ['tools/train.py', CONFIGS['mmseg']],
-}
-
-
-@pytest.fixture(scope='module')
-def tool_runs(tmp_path_factory):
-    """Each run from its own directory without data/, all started at once (they spend their
-    seconds importing torch and the toolboxes)."""
-    procs = {}
-    for name, (tool, config) in TOOL_RUNS.items():
-        cwd = tmp_path_factory.mktemp(name)
-        procs[name] = (cwd, subprocess.Popen(
-            [sys.executable, osp.join(ROOT, tool), osp.join(ROOT, config)], cwd=cwd,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = {}
-    for name, (cwd, proc) in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (cwd, proc.returncode, stdout, stderr)
-    return results
+def _load_tool(name: str, monkeypatch):
+    monkeypatch.setattr(sys, 'path', list(sys.path))  # the tool puts tools/ first
+    spec = importlib.util.spec_from_file_location(f'{name}_tool',
+                                                  osp.join(ROOT, 'tools', f'{name}.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 @pytest.mark.parametrize('name', ['mmpretrain', 'mmdet', 'mmseg'])
-def test_train_without_data_exits_with_one_line(name, tool_runs):
-    """From a directory without data/: status 1, the line, no traceback, nothing built."""
-    cwd, returncode, stdout, stderr = tool_runs[f'train-{name}']
-    assert returncode == 1, stdout + stderr
-    assert 'Traceback' not in stdout + stderr
-    assert stderr.strip().splitlines()[-1] == EXPECTED[name], stderr
-    assert stderr.count('data not found') == 1
+def test_train_without_data_exits_with_one_line(name, tmp_path, monkeypatch, capsys):
+    """tools/train.py from a directory without data/: the line, nothing built.
+
+    The exit code is the line: Python prints it alone on stderr and exits with status 1.
+    """
+    tool = _load_tool('train', monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'argv', ['train.py', osp.join(ROOT, CONFIGS[name])])
+    with pytest.raises(SystemExit) as exit_:
+        tool.main()
+    assert exit_.value.code == EXPECTED[name]
     # Exit before the Runner: no work directory, no model (its init warning), no log.
-    assert not (cwd / 'work_dirs').exists()
-    assert 'checkpoint=None' not in stdout + stderr
+    assert not (tmp_path / 'work_dirs').exists()
+    # Nothing else was printed: no model (its init warning), no second copy of the line.
+    out = capsys.readouterr()
+    assert 'checkpoint=None' not in out.out + out.err
+    assert 'data not found' not in out.out + out.err
 
 
 def test_test_tool_without_data_exits_with_one_line(tmp_path, monkeypatch):
-    """tools/test.py checks only its test_dataloader (in-process: the exit is the same)."""
-    spec = importlib.util.spec_from_file_location('test_tool', osp.join(ROOT, 'tools/test.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    """tools/test.py checks only its test_dataloader."""
+    tool = _load_tool('test', monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, 'argv', ['test.py', osp.join(ROOT, CONFIGS['mmseg']), 'model.pth'])
     with pytest.raises(SystemExit) as exit_:

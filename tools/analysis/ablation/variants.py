@@ -11,9 +11,8 @@ backbone's signature and its ``block_cfg`` / ``attn_cfg`` fields, so a typo fail
 training with the accepted names.
 """
 import ast
-import dataclasses
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 # Table 5 of the paper is measured on DualFormer-XS (ImageNet-1K top-1).
@@ -95,7 +94,7 @@ def backbone_options() -> Dict[str, Any]:
 def nested_options() -> Dict[str, List[str]]:
     """The keys of DualFormer's option dicts: ``{'block_cfg': ['mode', ...], ...}``."""
     from dualformer_mm.models import AttentionConfig, BlockConfig
-    return {cls.arg_name: [f.name for f in dataclasses.fields(cls)]
+    return {cls.arg_name: [f.name for f in fields(cls)]
             for cls in (BlockConfig, AttentionConfig)}
 
 

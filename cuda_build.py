@@ -31,6 +31,7 @@ Example:
 """
 import argparse
 import glob
+import hashlib
 import importlib.util
 import os
 import os.path as osp
@@ -39,6 +40,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -131,8 +133,17 @@ def query_gpu_capabilities() -> List[Tuple[int, int]]:
 
 
 def query_torch_arch_list() -> List[str]:
+    """The architectures the installed torch was compiled for (``['sm_80', ...]``).
+
+    Read where ``torch.cuda.get_arch_list()`` reads them, because on torch 2.1 that function
+    returns ``[]`` unless a GPU is visible (newer torch answers without one), and a build
+    machine often has none.
+    """
     import torch
-    return list(torch.cuda.get_arch_list())
+    if torch.version.cuda is None:
+        return []
+    flags = torch._C._cuda_getArchFlags()
+    return flags.split() if flags else []
 
 
 def check_arch_list(value: str) -> List[str]:
@@ -328,23 +339,47 @@ def extension_cuda_plan(mode: str, torch_version: str, torch_cuda: Optional[str]
     return False, reason
 
 
-def extra_cuda_includes(home: str) -> List[str]:
-    """Header folders that torch's CUDA headers need and the toolkit at ``home`` lacks.
+def _toolkit_include(home: str) -> Optional[str]:
+    """The header folder of the toolkit at ``home`` (``include`` or ``targets/*/include``)."""
+    found = [d for d in [osp.join(home, 'include')] +
+             sorted(glob.glob(osp.join(home, 'targets', '*', 'include'))) if osp.isdir(d)]
+    return found[0] if found else None
+
+
+def extra_cuda_includes(home: str, nvidia_roots: Optional[Sequence[str]] = None,
+                        shim_root: Optional[str] = None) -> List[str]:
+    """A header folder with what torch's CUDA headers need and the toolkit at ``home`` lacks.
 
     Toolkits installed without the math libraries have no ``cusparse.h``, which
     ``ATen/cuda/CUDAContext.h`` includes; the ``nvidia-*`` wheels torch depends on ship it
-    under ``site-packages/nvidia/<pkg>/include`` (``nvidia/cu13/include`` for CUDA 13).
+    under ``site-packages/nvidia/<pkg>/include`` (``nvidia/cu13/include`` for CUDA 13). That
+    folder also holds every header of the toolkit, of torch's CUDA release, which may be
+    another minor than the toolkit's nvcc (torch 2.15 is built with CUDA 13.2): first on the
+    include path they would shadow the toolkit's own and the compile stops ("CUDA compiler and
+    CUDA toolkit headers are incompatible"). So the returned folder holds links to only the
+    entries the toolkit lacks.
+
+    Args:
+        home (str): The toolkit (:func:`cuda_home`).
+        nvidia_roots (Sequence[str], optional): Folders holding ``<pkg>/include``; the
+            ``nvidia`` package's when None.
+        shim_root (str, optional): Where the folder of links is made; the system's temporary
+            folder when None.
+
+    Returns:
+        List[str]: ``[]`` when the toolkit has ``cusparse.h``, else the folder of links.
 
     Raises:
         RuntimeError: Neither the toolkit nor an nvidia wheel has the header.
     """
-    if glob.glob(osp.join(home, 'include', 'cusparse.h')) or \
-            glob.glob(osp.join(home, 'targets', '*', 'include', 'cusparse.h')):
+    include = _toolkit_include(home)
+    if include and osp.isfile(osp.join(include, 'cusparse.h')):
         return []
-    spec = importlib.util.find_spec('nvidia')
-    roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations \
-        else []
-    found = sorted({osp.dirname(h) for r in roots
+    if nvidia_roots is None:
+        spec = importlib.util.find_spec('nvidia')
+        nvidia_roots = list(spec.submodule_search_locations) \
+            if spec and spec.submodule_search_locations else []
+    found = sorted({osp.dirname(h) for r in nvidia_roots
                     for h in glob.glob(osp.join(r, '*', 'include', 'cusparse.h'))})
     if not found:
         raise RuntimeError(f'cusparse.h is neither in the CUDA toolkit {home} nor in an '
@@ -352,7 +387,18 @@ def extra_cuda_includes(home: str) -> List[str]:
                            'Install the toolkit\'s cusparse headers, or build without CUDA '
                            f'({EXT_CUDA_ENV}=0 for dualformer_mm, {MMCV_CUDA_ENV}=0 for '
                            'mmcv).')
-    return found[:1]
+    have = set(os.listdir(include)) if include else set()
+    missing = sorted(set(os.listdir(found[0])) - have)
+    key = hashlib.sha1('\0'.join([found[0], include or ''] + missing).encode()).hexdigest()
+    shim = osp.join(shim_root or tempfile.gettempdir(), f'dualformer-cuda-include-{key[:12]}')
+    os.makedirs(shim, exist_ok=True)
+    for name in missing:
+        link = osp.join(shim, name)
+        try:
+            os.symlink(osp.join(found[0], name), link)
+        except FileExistsError:
+            pass  # made by an earlier (or a concurrent) build
+    return [shim]
 
 
 # ---------------------------------------------------------------------------------------------

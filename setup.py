@@ -125,7 +125,7 @@ setup(
     python_requires='>=3.9',
     # torch: installed before the build (checked above), so pip only confirms it. mmcv: not
     # here (mmcv or mmcv-lite; dualformer_mm.compat.check_mmcv).
-    install_requires=[f'torch{TORCH_RANGE}', 'mmengine>=0.7.1,<1', 'numpy>=1.21,<3'],
+    install_requires=[f'torch{TORCH_RANGE}', 'mmengine>=0.8.5,<1', 'numpy>=1.21,<3'],
     extras_require=dict(TOOLBOXES, toolboxes=sorted({r for v in TOOLBOXES.values() for r in v}),
                         tests=['pytest>=7', 'pytest-timeout>=2']),
     packages=find_packages(include=['dualformer_mm*']),

@@ -1,10 +1,12 @@
 # Copyright (c) dualformer-mm contributors.
-"""Every difference between the torch and numpy versions the package supports, in one place.
+"""Every difference between the torch, numpy and mmcv versions the package supports, in one
+place.
 
-Supported: torch 2.1 to 2.15, numpy 1.x and 2.x (README, "Use it in your own OpenMMLab
-environment"). Each branch below names the version it serves; the model, the ops and the
-tests ask this module instead of testing ``hasattr`` themselves. What an old torch lacks
-degrades with a statement (:data:`LIMITATIONS`), never with a crash.
+Supported: torch 2.1 to 2.15, numpy 1.x and 2.x, mmcv or mmcv-lite 2.0 to 2.2 (README, "Use it
+in your own OpenMMLab environment"). Each branch below names the version it serves; the model,
+the ops and the tests ask this module instead of testing ``hasattr`` themselves. What an old
+torch lacks degrades with a statement (:data:`LIMITATIONS`), never with a crash. Importing it
+refuses, in one line each, a torch older than :data:`MIN_TORCH` and a missing or 1.x mmcv.
 
 Example:
     >>> from dualformer_mm import compat
@@ -72,6 +74,39 @@ def check_torch_version(version: str = torch.__version__) -> None:
 # Before any branch below touches an API an older torch lacks.
 check_torch_version()
 
+#: The oldest mmcv (or mmcv-lite) whose layers the model builds on.
+MIN_MMCV = (2, 0)
+
+
+def check_mmcv() -> str:
+    """The installed mmcv's version, or one ImportError that says what to install.
+
+    mmcv is not among the package's install requirements: an environment holds either the
+    full mmcv (with the compiled ops mmdet and mmseg need) or mmcv-lite (layers only, enough
+    for the backbone), and a requirement on one would make pip install it beside the other.
+
+    Returns:
+        str: ``mmcv.__version__``.
+
+    Raises:
+        ImportError: Neither is importable, or the one found is older than :data:`MIN_MMCV`.
+    """
+    advice = ('install mmcv-lite (the backbone alone: pip install "mmcv-lite>=2.0,<2.3") or '
+              'mmcv 2.0-2.2 with its ops (needed by mmdet and mmseg); README, "Use it in your '
+              'own OpenMMLab environment"')
+    try:
+        import mmcv
+    except ImportError as err:
+        raise ImportError(f'dualformer_mm needs mmcv or mmcv-lite >= 2.0 and neither is '
+                          f'importable ({err}): {advice}') from err
+    if parse_version(mmcv.__version__) < MIN_MMCV:
+        raise ImportError(f'dualformer_mm needs mmcv or mmcv-lite >= 2.0, found mmcv '
+                          f'{mmcv.__version__} (the OpenMMLab 1.x series): {advice}')
+    return mmcv.__version__
+
+
+MMCV_VERSION = check_mmcv()
+
 # --- tracing and autocast ------------------------------------------------------------------
 
 if TORCH_VERSION >= (2, 3):
@@ -82,6 +117,29 @@ else:
     import torch._dynamo  # noqa: E402  (torch 2.1 does not import it with torch)
 
     is_compiling = torch._dynamo.is_compiling
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _promote_floats_while_tracing(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """``torch.promote_types`` for floating types, in Python that dynamo folds (torch 2.1)."""
+    if not is_compiling() or a not in _FLOATS or b not in _FLOATS:
+        return torch.promote_types(a, b)
+    if a == b:
+        return a
+    if torch.float64 in (a, b):
+        return torch.float64
+    return torch.float32  # float32 with a half type, or float16 with bfloat16
+
+
+if TORCH_VERSION >= (2, 2):
+    # torch >= 2.2: dynamo folds torch.promote_types into a constant.
+    promote_types: Callable[[torch.dtype, torch.dtype], torch.dtype] = torch.promote_types
+else:
+    # torch 2.1: dynamo cannot trace torch.promote_types (a torch function returning a dtype)
+    # and breaks the graph at every call of the reference ops.
+    promote_types = _promote_floats_while_tracing
 
 
 def is_autocast_enabled(device_type: str) -> bool:
@@ -106,6 +164,13 @@ def is_autocast_enabled(device_type: str) -> bool:
     raise ValueError(f"device_type must be 'cpu' or 'cuda' on torch {torch.__version__}, "
                      f'got {device_type!r}')
 
+
+if TORCH_VERSION >= (2, 2):
+    # torch >= 2.2: CPU autocast to bfloat16 or float16.
+    CPU_AUTOCAST_DTYPES: Tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+else:
+    # torch 2.1: CPU autocast to bfloat16 only (float16 is refused when autocast starts).
+    CPU_AUTOCAST_DTYPES = (torch.bfloat16, )
 
 #: torch.compile exists on every supported torch, but for Python 3.12 only from torch 2.4 and
 #: for 3.13 from 2.6 (dynamo refuses newer interpreters than it knows).
@@ -213,6 +278,8 @@ def describe_limitations() -> Optional[str]:
                        'run the PyTorch reference instead of the fused kernels')
     if not COMPILE_SUPPORTED:
         missing.append(f'torch.compile on Python {sys.version_info[0]}.{sys.version_info[1]}')
+    if torch.float16 not in CPU_AUTOCAST_DTYPES:
+        missing.append('float16 autocast on the CPU (torch >= 2.2; bfloat16 works)')
     if not HAS_DYNAMO_ONNX_EXPORT:
         missing.append('the dynamo ONNX exporter (torch >= 2.5); torch.onnx.export works')
     if not missing:

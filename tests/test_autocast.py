@@ -10,14 +10,17 @@ import itertools
 import pytest
 import torch
 
-from dualformer_mm import DualFormer, ops
+from dualformer_mm import DualFormer, compat, ops
 from dualformer_mm.ops import partition as ref_ops
 from tests.utils import TINY_ARCH
 
 BACKENDS = ['ext', 'reference']
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 MIXED = [pair for pair in itertools.product(FLOATS, FLOATS) if pair[0] != pair[1]]
-AUTOCAST = [torch.float16, torch.bfloat16]
+# float16 CPU autocast exists from torch 2.2 (compat.CPU_AUTOCAST_DTYPES).
+AUTOCAST = [pytest.param(t, marks=pytest.mark.skipif(
+    t not in compat.CPU_AUTOCAST_DTYPES, reason=f'torch {torch.__version__}: no {t} CPU autocast'))
+    for t in (torch.float16, torch.bfloat16)]
 
 
 def ids(pair):

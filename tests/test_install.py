@@ -73,10 +73,12 @@ def test_rule_queries_the_installed_torch_by_default():
     choice = arch.choose_archs({})
     if torch.cuda.is_available():
         assert choice.source == 'gpu'
-    elif torch.cuda.get_arch_list():
+        assert arch.query_torch_arch_list() == torch.cuda.get_arch_list()
+    elif torch.version.cuda is not None:
+        # Without a GPU too (torch 2.1's get_arch_list() is empty then).
         assert choice.source == 'torch' and choice.archs.endswith('+PTX')
         assert len(choice.archs.split(';')) == len(
-            [a for a in torch.cuda.get_arch_list() if a.startswith('sm_')])
+            [a for a in arch.query_torch_arch_list() if a.startswith('sm_')]) > 0
     else:
         assert choice is None
 
@@ -173,6 +175,28 @@ def test_setup_without_toolkit_or_asked_for_cpu_says_why():
     bad = _setup_log({'DUALFORMER_CUDA': 'yes'})
     assert bad.returncode != 0
     assert "DUALFORMER_CUDA must be one of auto, 1, 0, got 'yes'" in bad.stderr
+
+
+def test_extra_cuda_includes_add_only_what_the_toolkit_lacks(tmp_path):
+    toolkit = tmp_path / 'cuda'
+    (toolkit / 'include').mkdir(parents=True)
+    (toolkit / 'include' / 'cuda_runtime.h').write_text('// 13.0')
+    wheel = tmp_path / 'site' / 'cu13' / 'include'
+    (wheel / 'cccl').mkdir(parents=True)
+    for name in ('cuda_runtime.h', 'cusparse.h', 'cublas_v2.h'):
+        (wheel / name).write_text('// 13.2')
+    (folder, ) = arch.extra_cuda_includes(str(toolkit), [str(tmp_path / 'site')],
+                                          str(tmp_path / 'shim'))
+    # The wheel's copy of a header the toolkit has would shadow the toolkit's own.
+    assert sorted(os.listdir(folder)) == ['cccl', 'cublas_v2.h', 'cusparse.h']
+    assert osp.realpath(osp.join(folder, 'cusparse.h')) == str(wheel / 'cusparse.h')
+    # Again (a second build): the same folder.
+    assert arch.extra_cuda_includes(str(toolkit), [str(tmp_path / 'site')],
+                                    str(tmp_path / 'shim')) == [folder]
+    (toolkit / 'include' / 'cusparse.h').write_text('')
+    assert arch.extra_cuda_includes(str(toolkit), [str(tmp_path / 'site')]) == []
+    with pytest.raises(RuntimeError, match='cusparse.h is neither in the CUDA toolkit'):
+        arch.extra_cuda_includes(str(tmp_path / 'bare'), [])
 
 
 def test_extension_cuda_plan_cases():
@@ -347,11 +371,14 @@ def test_setup_plan_errors():
     assert 'no CUDA toolkit (nvcc with libcudart) was found' in no_toolkit.stderr
 
 
-def test_setup_script_reads_no_package_index_setting():
-    text = open(osp.join(ROOT, 'tools', 'setup_env.sh')).read()
-    assert '--index-url' not in text and '://' not in text
+def test_setup_scripts_read_no_package_index_setting():
+    for script in ('setup_env.sh', osp.join('install', 'build_mmcv.sh'),
+                   osp.join('install', 'compat_env.sh')):
+        text = open(osp.join(ROOT, 'tools', script)).read()
+        assert '--index-url' not in text and '://' not in text, script
     # pip builds mmcv's sdist with no config file and no local wheel folder, and without its
     # own wheel cache (which would return a wheel of the other flavour).
+    text = open(osp.join(ROOT, 'tools', 'install', 'build_mmcv.sh')).read()
     build = text[text.index('env -u PIP_FIND_LINKS'):]
     build = build[:build.index('-w "$BUILD"')]
     assert 'PIP_CONFIG_FILE=/dev/null' in build and '--no-cache-dir' in build

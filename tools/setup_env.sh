@@ -49,33 +49,14 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 VPY="$VENV/bin/python"
 
-# Sets MMCV_FLAVOUR, MMCV_REASON, MMCV_CACHE_KEY, MMCV_LEGACY_CACHE_KEY, MMCV_ARCHS,
-# MMCV_ARCH_DESCRIPTION, MMCV_CUDA_HOME, MMCV_CUDA_INCLUDES from the venv's torch.
-# (The cache key names the venv's torch version and Python tag.)
-read_plan() {
-    local assignments
-    assignments="$("$VPY" "$WHEEL_TOOL" mmcv-plan)"
-    eval "$assignments"
-    WHEELS="$CACHE_ROOT/wheels/$MMCV_CACHE_KEY"
-}
-
-print_plan() {
-    log "mmcv $MMCV_VERSION flavour: $MMCV_FLAVOUR ($MMCV_REASON)"
-    if [ "$MMCV_FLAVOUR" = cuda ]; then
-        log "architectures: $MMCV_ARCH_DESCRIPTION"
-        log "CUDA toolkit: $MMCV_CUDA_HOME" \
-            "${MMCV_CUDA_INCLUDES:+(extra headers: $MMCV_CUDA_INCLUDES)}"
-    fi
-    log "wheel cache: $WHEELS"
-}
+BUILD_MMCV="$ROOT/tools/install/build_mmcv.sh"  # plan, cache and build of the mmcv wheel
 
 if [ "$MODE" = plan ]; then
     if [ ! -x "$VPY" ]; then
         echo "--print-plan needs $VPY with torch installed (run $0 first, or set VENV)" >&2
         exit 1
     fi
-    read_plan
-    print_plan
+    bash "$BUILD_MMCV" "$VPY" "$MMCV_VERSION" --print-plan
     exit 0
 fi
 
@@ -84,8 +65,10 @@ if [ ! -x "$VPY" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-# uv, not pip: this machine's pip config prefers a local torch+cpu wheel that breaks
-# torchvision; uv reads only the registry.
+# uv, not pip: a machine's pip configuration may prefer a local torch+cpu wheel, which breaks
+# the registry's torchvision (its compiled ops must match torch's build: the registry serves
+# both for Linux x86_64 as CUDA builds, CPU-only builds live on PyTorch's own index); uv reads
+# only the registry.
 if ! "$VENV/bin/uv" --version 2>/dev/null | grep -q "$UV_VERSION"; then
     log "installing uv $UV_VERSION"
     "$VPY" -m pip install -q "uv==$UV_VERSION"
@@ -97,62 +80,8 @@ log "installing torch $TORCH, torchvision and mmengine"
 "${UV[@]}" -q "torch==$TORCH" "torchvision==$(pin torchvision)" "mmengine==$(pin mmengine)" \
     "setuptools<81" wheel ninja numpy pytest
 
-read_plan
-print_plan
-
-wheel_flavour() { "$VPY" "$WHEEL_TOOL" wheel-flavour "$1"; }
-find_wheel() { ls "$1"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true; }
-
-# The cached wheel of this plan, checked against its flavour; a CPU wheel of the cache layout
-# before flavours were keyed is moved into its new folder once (see mmcv_wheels.find_cached_wheel).
-MMCV_WHEEL="$("$VPY" "$WHEEL_TOOL" find-wheel --wheels-root "$CACHE_ROOT/wheels" \
-    --key "$MMCV_CACHE_KEY" --legacy-key "$MMCV_LEGACY_CACHE_KEY" --flavour "$MMCV_FLAVOUR" \
-    --mmcv-version "$MMCV_VERSION")"
-mkdir -p "$WHEELS"
-
-if [ -z "$MMCV_WHEEL" ]; then
-    if [ "$MMCV_FLAVOUR" = cuda ]; then
-        log "building mmcv $MMCV_VERSION with CUDA ops for $MMCV_ARCHS (about an hour per" \
-            "architecture on 2 cores, see docs/gpu.md)"
-        # mmcv's setup.py builds CUDA ops only with FORCE_CUDA=1 or a visible GPU. Two fixes
-        # for CUDA 13 toolkits installed as here: torch guesses CUDA_HOME from the nvcc on
-        # PATH, which may be a wrapper script outside the toolkit (then -lcudart fails), so
-        # CUDA_HOME is the toolkit nvcc itself reports; and a toolkit without the math
-        # libraries lacks cusparse.h, which ATen/cuda/CUDAContext.h includes: the headers of
-        # torch's nvidia wheels go on CPATH, which both gcc and nvcc read.
-        FLAVOUR_ENV=(FORCE_CUDA=1 "TORCH_CUDA_ARCH_LIST=$MMCV_ARCHS" "CUDA_HOME=$MMCV_CUDA_HOME"
-                     "CPATH=$MMCV_CUDA_INCLUDES${CPATH:+:$CPATH}")
-    else
-        log "building mmcv $MMCV_VERSION with CPU ops against torch $TORCH (11 to 24 min on" \
-            "2 cores)"
-        # mmcv's setup.py also builds CUDA ops when torch sees a GPU: hide it.
-        FLAVOUR_ENV=(FORCE_CUDA=0 CUDA_VISIBLE_DEVICES=)
-    fi
-    BUILD="$(mktemp -d)"
-    START=$SECONDS
-    # mmcv's setup.py imports pkg_resources (kept by setuptools<81) and torch (no build
-    # isolation). pip, not uv, builds the sdist, reading none of the machine's pip settings
-    # (PIP_CONFIG_FILE=/dev/null skips every config file; PIP_FIND_LINKS, which would add a
-    # local wheel folder, is an environment variable and is unset). --no-cache-dir: pip would
-    # otherwise hand back a wheel it built earlier, of whatever flavour, despite --no-binary.
-    env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null MMCV_WITH_OPS=1 "${FLAVOUR_ENV[@]}" \
-        MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "$VPY" -m pip wheel --no-deps --no-build-isolation --no-binary mmcv --no-cache-dir \
-        "mmcv==$MMCV_VERSION" -w "$BUILD"
-    BUILT="$(find_wheel "$BUILD")"
-    GOT="$(wheel_flavour "$BUILT")"
-    if [ "$GOT" != "$MMCV_FLAVOUR" ]; then
-        echo "[setup] ERROR: the mmcv wheel just built has $GOT ops, not $MMCV_FLAVOUR" \
-            "($BUILT); see the compile log above" >&2
-        exit 1
-    fi
-    mv "$BUILT" "$WHEELS"/
-    rm -rf "$BUILD"
-    MMCV_WHEEL="$(find_wheel "$WHEELS")"
-    log "built $MMCV_WHEEL in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"
-else
-    log "using cached $MMCV_WHEEL ($MMCV_FLAVOUR ops)"
-fi
+# The wheel of the plan for this machine, from the cache or built (tools/install/build_mmcv.sh).
+MMCV_WHEEL="$(bash "$BUILD_MMCV" "$VPY" "$MMCV_VERSION" | tail -n1)"
 
 if [ "$MODE" = wheel ]; then
     echo "$MMCV_WHEEL"

@@ -32,6 +32,7 @@ run as usual.
 """
 import contextlib
 import importlib
+import logging
 import os
 import warnings
 from typing import Callable, Iterator, List, Optional
@@ -66,6 +67,7 @@ class _State:
         self.ext_cuda = False
         self.error = ''
         self.warned: set = set()
+        self.said: set = set()  # one-time INFO statements (not warnings)
 
 
 _state = _State()
@@ -192,11 +194,15 @@ def prepare_backend() -> str:
     mode = get_backend()
     if mode != 'reference':
         load_extension()
-        if not compat.HAS_FAKE_KERNELS and _state.ext is not None:
-            _warn_once(('compile', 'fake'),
-                       f'dualformer_mm partition ops: torch {torch.__version__} cannot register '
-                       'fake kernels (torch >= 2.2 can), so inside torch.compile they run the '
-                       'PyTorch reference ops; eager runs use the fused kernels.')
+        if (not compat.HAS_FAKE_KERNELS and _state.ext is not None
+                and 'no-fake' not in _state.said):
+            # An INFO line, not a warning: nothing is wrong, eager runs are unaffected.
+            _state.said.add('no-fake')
+            from mmengine.logging import print_log
+            print_log(f'dualformer_mm partition ops: torch {torch.__version__} cannot register '
+                      'fake kernels (torch >= 2.2 can), so inside torch.compile they run the '
+                      'PyTorch reference ops; eager runs use the fused kernels.',
+                      logger='current', level=logging.INFO)
     return mode
 
 

@@ -15,6 +15,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .. import compat
+
 
 def lsh_hash_pytorch(x: Tensor, planes: Tensor) -> Tensor:
     """Hash tokens to partition codes with random hyperplanes (eqs. 4-5).
@@ -73,7 +75,7 @@ def partition_mean_pytorch(x: Tensor, codes: Tensor, num_partitions: int) -> Tup
     groups, _, dim = x.shape
     flat = _flat_index(codes, num_partitions)
     # Accumulate in fp32 at least: a half-precision sum over thousands of tokens overflows.
-    acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    acc_dtype = compat.promote_types(x.dtype, torch.float32)
     sums = x.new_zeros(groups * num_partitions, dim, dtype=acc_dtype)
     sums.index_add_(0, flat, x.reshape(-1, dim).to(acc_dtype))
     counts = partition_count_pytorch(codes, num_partitions)
@@ -123,7 +125,7 @@ def partition_softmax_pool_pytorch(scores: Tensor, values: Tensor, codes: Tensor
     """
     groups, _, dim = scores.shape
     # At least fp32: half-precision sums over thousands of tokens would overflow or stall.
-    acc_dtype = torch.promote_types(torch.promote_types(scores.dtype, values.dtype),
+    acc_dtype = compat.promote_types(compat.promote_types(scores.dtype, values.dtype),
                                     torch.float32)
     flat, s, e, denom = _partition_exp(scores, codes, num_partitions, acc_dtype)
     v = values.reshape(-1, dim).to(s.dtype)
@@ -147,7 +149,7 @@ def partition_softmax_pytorch(scores: Tensor, codes: Tensor, num_partitions: int
     Returns:
         Tensor: (G, N, D) weights in the dtype of ``scores``.
     """
-    acc_dtype = torch.promote_types(scores.dtype, torch.float32)
+    acc_dtype = compat.promote_types(scores.dtype, torch.float32)
     flat, _, e, denom = _partition_exp(scores, codes, num_partitions, acc_dtype)
     # Every token's own partition holds it, so its denominator is at least exp(0) = 1.
     return (e / denom.index_select(0, flat)).view(scores.shape).to(scores.dtype)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dualformer_mm.demo import make_demo_datasets
@@ -12,6 +13,7 @@ from dualformer_mm.demo import make_demo_datasets
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_demo_quick_run(tmp_path):
     work, data = tmp_path / 'work', tmp_path / 'data'
     result = subprocess.run(

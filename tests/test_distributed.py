@@ -6,6 +6,8 @@ computes on the whole batch. The same run with plain per-process BatchNorm must 
 normalises each half with its own statistics), which shows the comparison can fail.
 """
 import os.path as osp
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,18 +17,22 @@ from mmengine.config import Config
 
 import dualformer_mm  # noqa: F401
 from dualformer_mm import CPUSyncBatchNorm
+from tests.utils import TINY_ARCH
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BATCH, SIZE, WORLD = 4, 96, 2
 
 
 def build_classifier() -> torch.nn.Module:
-    """The DualFormer-T ImageNet classifier of the repository's config, without randomness."""
+    """The ImageNet classifier of the repository's config, without randomness, with one block
+    per stage: the kinds of BatchNorm layers of DualFormer-T, fewer of each."""
     import mmpretrain.models  # noqa: F401
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     init_default_scope('mmpretrain')
     cfg = Config.fromfile(osp.join(ROOT, 'configs/mmpretrain/dualformer_t_in1k.py'))
+    cfg.model.backbone.arch = TINY_ARCH
+    cfg.model.head.in_channels = TINY_ARCH['channels'][-1]
     cfg.model.backbone.drop_path_rate = 0.  # stochastic depth draws differ per process
     cfg.model.train_cfg = None  # so do mixup and cutmix
     cfg.model.head.num_classes = 10
@@ -96,8 +102,10 @@ def test_two_gloo_processes_give_the_gradients_of_one(tmp_path):
     reference = gradients(model, images, samples)
 
     out_file = str(tmp_path / 'grads.pth')
-    mp.spawn(worker, args=(str(tmp_path / 'store'), state_file, out_file), nprocs=WORLD,
-             join=True)
+    # The two processes start from a fresh interpreter: what earlier tests left in this one
+    # (the suite runs many in-process) must not reach them.
+    subprocess.run([sys.executable, '-m', 'tests.test_distributed', str(tmp_path / 'store'),
+                    state_file, out_file], cwd=ROOT, check=True, timeout=480)
     results = torch.load(out_file)
     synced, unsynced = _compare(reference, results[True]), _compare(reference, results[False])
     print(f'relative gradient difference: CPUSyncBN {synced:.2e}, per-process BN {unsynced:.2e}')
@@ -126,3 +134,8 @@ def test_cpu_sync_bn_is_batchnorm_in_one_process():
     torch.testing.assert_close(synced(x), reference(x))
     with pytest.raises(ValueError, match='expects \\(N, C, ...\\) input'):
         synced(torch.randn(6))
+
+
+if __name__ == '__main__':
+    # python -m tests.test_distributed STORE STATE_FILE OUT_FILE: the two gloo processes.
+    mp.spawn(worker, args=tuple(sys.argv[1:4]), nprocs=WORLD, join=True)

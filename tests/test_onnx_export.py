@@ -162,7 +162,7 @@ def test_docstring_examples():
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @pytest.mark.parametrize('arch', ARCHS)
 def test_every_size_and_part(arch, tmp_path):
     cases = [(CLS, 'classifier', (1, 3, 224, 224), False, None),

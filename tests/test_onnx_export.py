@@ -109,6 +109,7 @@ def test_detector_export_is_backbone_and_fpn(tmp_path):
                                        (1, 256, 2, 2), (1, 256, 1, 1)]
 
 
+@pytest.mark.slow
 def test_command_line_classifier_with_checkpoint(tmp_path):
     classifier = _randomise_statistics(build_model_from_cfg(CLS.format('t'))).eval()
     checkpoint, out = str(tmp_path / 'cls.pth'), str(tmp_path / 'cls.onnx')

@@ -275,6 +275,7 @@ def test_flops_equal_with_both_backends(arch):
     assert flops / 1e9 == pytest.approx(PAPER_TABLE1[arch][1], rel=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not compat.HAS_DYNAMO_ONNX_EXPORT, reason=f'torch {torch.__version__} '
                     'has no torch.export-based ONNX exporter (torch >= 2.5)')
 def test_onnx_export_matches_onnxruntime(tmp_path):

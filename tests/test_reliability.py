@@ -52,6 +52,7 @@ def final_weights(work_dir):
     return torch.load(osp.join(work_dir, 'epoch_4.pth'), map_location='cpu')['state_dict']
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(config, tmp_path):
     full = train(config, tmp_path / 'full')
     log = full.communicate(timeout=600)[0]
@@ -79,6 +80,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(config, tmp_path):
         assert torch.equal(expected[key], got[key]), key
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses(config, tmp_path):
     logs = []
     for run in ('a', 'b'):
@@ -105,6 +107,7 @@ def dist_train(config, work_dir, *extra):
     return log
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_two_process_resume_restores_each_ranks_random_state(config, tmp_path):
     """A 2-process run resumed after epoch 1 ends like the uninterrupted run, per rank RNG."""

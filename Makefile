@@ -67,9 +67,11 @@ test-compat:
 # predict) and the demo's three tasks for 2 iterations each. CORNER names a
 # requirements/compat-CORNER-toolboxes.txt (only the oldest corner has one).
 CORNER ?= oldest
+# Every config of every size: the slow ones included.
+TOOLBOX_PYTEST_ARGS ?= -q -n 2 --dist worksteal -m "not full"
 compat-toolboxes:
 	bash tools/install/compat_env.sh $(CORNER) --toolboxes --demo -- tests/test_configs.py \
-		tests/test_toolboxes.py $(COMPAT_PYTEST_ARGS)
+		tests/test_toolboxes.py $(TOOLBOX_PYTEST_ARGS)
 
 # Trains and evaluates DualFormer-T on classification, detection and segmentation with data
 # the project makes itself (data/demo/), writing work_dirs/demo/summary.{json,md} and PNGs.

@@ -2,11 +2,12 @@
 (tools/deployment/pytorch2onnx.py), each checked in ONNX Runtime against the toolbox's own
 PyTorch computation.
 
-DualFormer-T at small sizes in the normal suite: a dynamic backbone export checked where an
-MHPA sees fewer tokens than partitions (64x96: 6 tokens for 8 partitions) and where all see
-many more (224x160 at least 35, up to 140); the segmentor's whole inference and the detector's
-backbone+FPN at 64x64; the classifier through the command line with a checkpoint; the
-TorchScript exporter of torch 2.1-2.4. Every size, every part: the ``slow`` test.
+DualFormer-T at small sizes in make test (the exports are ``slow``: tens of seconds each): a
+dynamic backbone export checked where an MHPA sees fewer tokens than partitions (64x96: 6
+tokens for 8 partitions) and where all see many more (224x160 at least 35, up to 140); the
+segmentor's whole inference and the detector's backbone+FPN at 64x64; the classifier through
+the command line with a checkpoint; the TorchScript exporter of torch 2.1-2.4. Every size,
+every part: the ``full`` sweep (make test-full).
 """
 import doctest
 import os
@@ -61,6 +62,7 @@ def _export_and_check(target, tmp_path, shape, dynamic=False, sizes=None, export
     return used, path, results
 
 
+@pytest.mark.slow
 def test_backbone_dynamic_export_in_both_partition_regimes(tmp_path):
     target = _targets.build_target(CLS.format('t'), part='backbone')
     assert target.output_names == ['stage1', 'stage2', 'stage3', 'stage4']
@@ -87,6 +89,7 @@ def test_backbone_dynamic_export_in_both_partition_regimes(tmp_path):
         assert result.max_abs_diff <= ATOL, result.describe()
 
 
+@pytest.mark.slow
 def test_segmentor_export_is_the_whole_inference(tmp_path):
     target = _targets.build_target(SEG.format('t'))
     assert target.output_names == ['seg_logits']
@@ -98,6 +101,7 @@ def test_segmentor_export_is_the_whole_inference(tmp_path):
         (1, 150, 64, 64)
 
 
+@pytest.mark.slow
 def test_detector_export_is_backbone_and_fpn(tmp_path):
     target = _targets.build_target(DET.format('t'))
     assert target.output_names == [f'fpn{i}' for i in range(5)] and target.size_divisor == 32
@@ -163,17 +167,26 @@ def test_docstring_examples():
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
+# (config, part, export shape, dynamic, check shapes) of the sweep.
+EVERY_PART = {
+    'classifier': (CLS, (1, 3, 224, 224), False, None),
+    'segmentor': (SEG, (2, 3, 256, 256), True, [(2, 3, 256, 256), (1, 3, 64, 96),
+                                                  (1, 3, 512, 384)]),
+    'detector': (DET, (1, 3, 256, 320), False, None),
+    'backbone': (DET, (1, 3, 256, 320), False, None),
+}
+
+
+# One case per size and part, each with its own time limit: DualFormer-B's segmentor export
+# alone spends minutes in onnxscript's graph optimizer on 2 cores.
 @pytest.mark.full
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize('part', list(EVERY_PART))
 @pytest.mark.parametrize('arch', ARCHS)
-def test_every_size_and_part(arch, tmp_path):
-    cases = [(CLS, 'classifier', (1, 3, 224, 224), False, None),
-             (SEG, 'segmentor', (2, 3, 256, 256), True,
-              [(2, 3, 256, 256), (1, 3, 64, 96), (1, 3, 512, 384)]),
-             (DET, 'detector', (1, 3, 256, 320), False, None),
-             (DET, 'backbone', (1, 3, 256, 320), False, None)]
-    for config, part, shape, dynamic, sizes in cases:
-        target = _targets.build_target(config.format(arch), part=part)
-        _, _, results = _export_and_check(target, tmp_path, shape, dynamic, sizes)
-        for result in results:
-            assert result.max_abs_diff <= ATOL * max(1.0, result.max_abs_ref), \
-                f'{arch} {part}: {result.describe()}'
+def test_every_size_and_part(arch, part, tmp_path):
+    config, shape, dynamic, sizes = EVERY_PART[part]
+    target = _targets.build_target(config.format(arch), part=part)
+    _, _, results = _export_and_check(target, tmp_path, shape, dynamic, sizes)
+    for result in results:
+        assert result.max_abs_diff <= ATOL * max(1.0, result.max_abs_ref), \
+            f'{arch} {part}: {result.describe()}'

@@ -75,6 +75,26 @@ else
 fi
 BUILD="$(mktemp -d)"
 START=$SECONDS
+SOURCE="mmcv==$MMCV_VERSION"
+# torch 2.15's headers need C++20 (ATen.h stops at an #error below it), while mmcv 2.1.0's
+# setup.py passes -std=c++17 for any torch after 1.12.1, after torch's own -std flag. For such
+# a torch the sdist is unpacked and its setup.py's -std=c++14/17 become -std=c++20; the C++
+# sources compile unchanged. Other torches build the sdist as it is published.
+ATEN_H="$("$VPY" -c 'import os, torch
+print(os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "ATen.h"))')"
+if grep -q 'C++20 or later compatible compiler is required' "$ATEN_H" 2>/dev/null; then
+    env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$VPY" -m pip download -q --no-deps \
+        --no-binary :all: --no-cache-dir "mmcv==$MMCV_VERSION" -d "$BUILD/sdist" >&2
+    tar -xzf "$BUILD/sdist/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD/sdist"
+    SOURCE="$BUILD/sdist/mmcv-$MMCV_VERSION"
+    if ! grep -q "'-std=c++1[47]'" "$SOURCE/setup.py"; then
+        echo "[setup] ERROR: torch $TORCH needs C++20 and mmcv $MMCV_VERSION's setup.py has" \
+            "no -std=c++14/17 flag to raise; build mmcv by hand with -std=c++20" >&2
+        exit 1
+    fi
+    sed -i "s/'-std=c++1[47]'/'-std=c++20'/g" "$SOURCE/setup.py"
+    log "torch $TORCH needs C++20: mmcv's setup.py asks for it instead of C++14/17"
+fi
 # mmcv's setup.py imports pkg_resources (kept by setuptools<81) and torch (no build
 # isolation). pip builds the sdist reading none of the machine's pip settings
 # (PIP_CONFIG_FILE=/dev/null skips every config file; PIP_FIND_LINKS, which would add a local
@@ -84,7 +104,7 @@ START=$SECONDS
 env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null MMCV_WITH_OPS=1 "${FLAVOUR_ENV[@]}" \
     MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     "$VPY" -m pip wheel --no-deps --no-build-isolation --no-binary mmcv --no-cache-dir \
-    "mmcv==$MMCV_VERSION" -w "$BUILD" >&2
+    "$SOURCE" -w "$BUILD" >&2
 BUILT="$(find_wheel "$BUILD")"
 GOT="$("$VPY" "$WHEEL_TOOL" wheel-flavour "$BUILT")"
 if [ "$GOT" != "$MMCV_FLAVOUR" ]; then

@@ -65,7 +65,8 @@ test-compat:
 # Not in CI: mmcv 2.1.0 built against a corner's torch (cached in ~/.cache/dualformer-mm like
 # the main install's), mmdet, mmseg and mmpretrain, then every config (build, a training step,
 # predict) and the demo's three tasks for 2 iterations each. CORNER names a
-# requirements/compat-CORNER-toolboxes.txt (only the oldest corner has one).
+# requirements/compat-CORNER-toolboxes.txt: oldest (torch 2.1.2) or newest (torch 2.14.1, the
+# newest torch the registry serves a torchvision for, which mmpretrain imports).
 CORNER ?= oldest
 # Every config of every size: the slow ones included.
 TOOLBOX_PYTEST_ARGS ?= -q -n 2 --dist worksteal -m "not full"

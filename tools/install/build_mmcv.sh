@@ -76,10 +76,10 @@ fi
 BUILD="$(mktemp -d)"
 START=$SECONDS
 SOURCE="mmcv==$MMCV_VERSION"
-# torch 2.15's headers need C++20 (ATen.h stops at an #error below it), while mmcv 2.1.0's
-# setup.py passes -std=c++17 for any torch after 1.12.1, after torch's own -std flag. For such
-# a torch the sdist is unpacked and its setup.py's -std=c++14/17 become -std=c++20; the C++
-# sources compile unchanged. Other torches build the sdist as it is published.
+# The headers of torch 2.14 and newer need C++20 (ATen.h stops at an #error below it), while
+# mmcv 2.1.0's setup.py passes -std=c++17 for any torch after 1.12.1, after torch's own -std
+# flag. For such a torch the sdist is unpacked and its setup.py's -std=c++14/17 become
+# -std=c++20; the C++ sources compile unchanged. Other torches build the sdist as published.
 ATEN_H="$("$VPY" -c 'import os, torch
 print(os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "ATen.h"))')"
 if grep -q 'C++20 or later compatible compiler is required' "$ATEN_H" 2>/dev/null; then

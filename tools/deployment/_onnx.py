@@ -33,6 +33,13 @@ DYNAMIC_MULTIPLE = 32
 MAX_SIDE = 8192
 MAX_BATCH = 1024
 INPUT_NAME = 'images'
+#: A hyperplane margin (``CheckResult.margin``) under this is a near tie: float32 rounding,
+#: which differs between ONNX Runtime and PyTorch, can move a token across the plane. Between
+#: PyTorch's two op backends on DualFormer-B the |cos| of a token to a plane moved by up to
+#: 1.7e-6 over 3.75e5 projections (docs/deployment.md); this is three times that.
+TIE_MARGIN = 5e-6
+#: How many seeded images :func:`tie_free_images` draws at most.
+TIE_FREE_DRAWS = 16
 
 
 class _AdaptiveAvgPool2d(nn.Module):
@@ -246,6 +253,15 @@ class CheckResult:
     min_tokens: Optional[int] = None  # fewest tokens an MHPA partitioned (None: no MHPA)
     max_tokens: Optional[int] = None
     partitions: Optional[int] = None  # partitions per head
+    # Smallest |cos| of a token to an LSH hyperplane normal in the PyTorch run (None: no LSH);
+    # see _targets.partition_statistics and TIE_MARGIN.
+    margin: Optional[float] = None
+
+    @property
+    def near_tie(self) -> bool:
+        """Whether a token lay within :data:`TIE_MARGIN` of a hyperplane: rounding may have
+        partitioned it differently in ONNX Runtime, and the outputs may differ beyond it."""
+        return self.margin is not None and self.margin < TIE_MARGIN
 
     def describe(self) -> str:
         """One line for the report."""
@@ -256,8 +272,13 @@ class CheckResult:
             return text
         regime = 'fewer tokens than' if self.min_tokens < self.partitions else \
             'at least as many tokens as'
-        return (f'{text}; MHPA tokens per head {self.min_tokens}..{self.max_tokens} for '
+        text = (f'{text}; MHPA tokens per head {self.min_tokens}..{self.max_tokens} for '
                 f'{self.partitions} partitions ({regime} partitions in the smallest)')
+        if self.margin is not None:
+            text += f'; hyperplane margin {self.margin:.2g}'
+            if self.near_tie:
+                text += ' (a near tie: see docs/deployment.md)'
+        return text
 
 
 def check(target: ExportTarget, path: str, images: Tensor, sess=None) -> CheckResult:
@@ -280,6 +301,39 @@ def check(target: ExportTarget, path: str, images: Tensor, sess=None) -> CheckRe
         diff = max(diff, float(np.abs(a - b).max()))
         scale = max(scale, float(np.abs(b).max()))
     return CheckResult(tuple(images.shape), diff, scale, **stats)
+
+
+def tie_free_images(target: ExportTarget, shape: Sequence[int], draws: int = TIE_FREE_DRAWS,
+                    seed: int = 0) -> Tuple[Tensor, Optional[float]]:
+    """Seeded normal images of ``shape`` on which no token is near an LSH hyperplane.
+
+    Draws the images of seeds ``seed, seed + 1, ...`` and runs PyTorch on each until one has
+    a hyperplane margin of at least :data:`TIE_MARGIN` (``_targets.partition_statistics``).
+    An image holds one projection per token, head and plane of every MHPA, so the chance that
+    it is tie-free falls with its size: for DualFormer-B (random weights) 7 of 16 seeds at
+    1x3x128x160, 3 of 16 at 2x3x96x128, none of 4 at 2x3x256x256.
+
+    Args:
+        target (ExportTarget): What is exported.
+        shape (Sequence[int]): (N, C, H, W).
+        draws (int): How many images to try. Defaults to :data:`TIE_FREE_DRAWS`.
+        seed (int): The first seed. Defaults to 0.
+
+    Returns:
+        tuple: The first tie-free image, or the one with the widest margin when none of the
+        draws is; and its margin (None for a network without LSH partitions).
+    """
+    best, widest = None, -1.0
+    for i in range(draws):
+        images = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + i))
+        with torch.no_grad(), partition_statistics(target.backbone) as stats:
+            target.reference(images)
+        margin = stats.get('margin')
+        if margin is None or margin >= TIE_MARGIN:
+            return images, margin
+        if margin > widest:
+            best, widest = images, margin
+    return best, widest
 
 
 def op_types(path: str) -> Dict[str, int]:

@@ -21,9 +21,9 @@ import os.path as osp
 import re
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import torch  # noqa: F401  (the docstring example)
+import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import MODELS
@@ -243,12 +243,19 @@ def build_target(config: str, checkpoint: Optional[str] = None, part: str = 'aut
 
 
 @contextlib.contextmanager
-def partition_statistics(backbone: nn.Module) -> Iterator[Dict[str, int]]:
-    """Record the tokens and partitions per head of every MHPA of ``backbone`` in the body.
+def partition_statistics(backbone: nn.Module) -> Iterator[Dict[str, float]]:
+    """Record the tokens, partitions and hyperplane margins of every MHPA of ``backbone``.
+
+    The margin of an LSH partition is the smallest ``|cos|`` between a token and one of its
+    head's hyperplane normals. Where it is about as small as float32 rounding (1e-7 to 1e-6),
+    two correct computations of the same network (PyTorch and ONNX Runtime, or two op
+    backends) can put that token on opposite sides of the plane: it joins another partition,
+    and the later stages and outputs differ by far more than rounding.
 
     Yields:
         dict: Filled when the body ends: ``min_tokens`` and ``max_tokens``, the fewest and
-        most tokens an MHPA partitioned, and ``partitions``, the most partitions per head;
+        most tokens an MHPA partitioned, ``partitions``, the most partitions per head, and
+        ``margin``, the smallest margin of all LSH hashes (absent for K-Means partitions);
         empty for a backbone without MHPA.
 
     Example:
@@ -256,25 +263,50 @@ def partition_statistics(backbone: nn.Module) -> Iterator[Dict[str, int]]:
         >>> net = DualFormer('t').eval()
         >>> with partition_statistics(net) as stats:
         ...     _ = net(torch.rand(1, 3, 64, 64))
-        >>> stats
-        {'min_tokens': 4, 'max_tokens': 16, 'partitions': 8}
+        >>> sorted(stats)
+        ['margin', 'max_tokens', 'min_tokens', 'partitions']
+        >>> stats['min_tokens'], stats['max_tokens'], stats['partitions']
+        (4, 16, 8)
+        >>> 0 < stats['margin'] < 1
+        True
     """
     from dualformer_mm import PartitionAttention
-    seen = []
+    seen: List[Tuple[int, int]] = []
+    margins: List[float] = []
 
     def record(attn: nn.Module, args: Sequence[Tensor]) -> None:
         height, width = args[0].shape[-2:]
         k = attn.sr_ratio  # the stride of its downsampling, with padding up
         seen.append((-(-height // k) * -(-width // k), attn.num_partitions))
 
-    handles = [m.register_forward_pre_hook(record) for m in backbone.modules()
-               if isinstance(m, PartitionAttention)]
-    stats: Dict[str, int] = {}
+    def margin_recorder(attn: nn.Module) -> Callable[[Tensor], Tensor]:
+        codes_of = attn.partition_codes
+
+        def partition_codes(tokens: Tensor) -> Tensor:
+            x, planes = tokens.detach().double(), attn.planes.double()  # (B,H,n,d), (H,d,P)
+            cos = torch.einsum('bhnd,hdp->bhnp', x, planes).abs() / (
+                x.norm(dim=-1, keepdim=True) * planes.norm(dim=1)[None, :, None, :]
+            ).clamp_min(torch.finfo(torch.float64).tiny)
+            margins.append(float(cos.min()))
+            return codes_of(tokens)
+
+        return partition_codes
+
+    attns = [m for m in backbone.modules() if isinstance(m, PartitionAttention)]
+    handles = [m.register_forward_pre_hook(record) for m in attns]
+    hashed = [m for m in attns if m.cfg.partition == 'lsh']
+    for attn in hashed:  # an instance attribute, in front of the method, for the body only
+        attn.partition_codes = margin_recorder(attn)
+    stats: Dict[str, float] = {}
     try:
         yield stats
     finally:
         for handle in handles:
             handle.remove()
+        for attn in hashed:
+            del attn.partition_codes
     if seen:  # a peer such as Swin-T has no MHPA
         stats.update(min_tokens=min(t for t, _ in seen), max_tokens=max(t for t, _ in seen),
                      partitions=max(k for _, k in seen))
+    if margins:
+        stats.update(margin=min(margins))

@@ -22,7 +22,7 @@ $(STAMP): requirements/stack.txt requirements/tests.txt setup.py tools/setup_env
 
 # The main suite in the pinned stack on two pytest-xdist workers, its `slow` end-to-end runs
 # included and its `full` size sweeps left out (pytest.ini), then test-compat.
-XDIST := -n 2 --dist worksteal
+XDIST := -n 2 --dist loadgroup
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests $(XDIST) -m "not full" $(PYTEST_ARGS)
 	$(MAKE) test-compat

@@ -16,6 +16,15 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault('OMP_NUM_THREADS', str(threads))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    # The end-to-end (`slow`) runs first. make test (--dist loadgroup) hands the tests to its two
+    # xdist workers one at a time in this order, so the long runs start early and the short
+    # tests fill in at the end; the runs that start several processes (gloo ranks, data loader
+    # workers) form one xdist_group, which one worker runs in turn: two of them at once put
+    # five or more processes on two cores, and each took about half as long again.
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

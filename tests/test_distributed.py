@@ -91,6 +91,7 @@ def _compare(reference: dict, other: dict) -> float:
     return max((other[k] - g).abs().max().item() for k, g in reference.items()) / scale
 
 
+@pytest.mark.xdist_group('processes')
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_gloo_processes_give_the_gradients_of_one(tmp_path):

@@ -7,6 +7,7 @@ are fakes that only answer ``nvcc --version``, and the script is run only in its
 """
 import doctest
 import importlib.util
+import json
 import os
 import os.path as osp
 import re
@@ -371,17 +372,85 @@ def test_setup_plan_errors():
     assert 'no CUDA toolkit (nvcc with libcudart) was found' in no_toolkit.stderr
 
 
-def test_setup_scripts_read_no_package_index_setting():
-    for script in ('setup_env.sh', osp.join('install', 'build_mmcv.sh'),
-                   osp.join('install', 'compat_env.sh')):
+def test_setup_scripts_name_no_package_index():
+    # The machine's pip and uv settings choose the index; the scripts never name one. A lint
+    # of their text: running them is a whole install (make setup, make test-compat), and the
+    # mmcv build's pip calls are checked by behaviour below.
+    for script in ('setup_env.sh', osp.join('install', 'compat_env.sh')):
         text = open(osp.join(ROOT, 'tools', script)).read()
         assert '--index-url' not in text and '://' not in text, script
-    # pip builds mmcv's sdist with no config file and no local wheel folder, and without its
-    # own wheel cache (which would return a wheel of the other flavour).
-    text = open(osp.join(ROOT, 'tools', 'install', 'build_mmcv.sh')).read()
-    build = text[text.index('env -u PIP_FIND_LINKS'):]
-    build = build[:build.index('-w "$BUILD"')]
-    assert 'PIP_CONFIG_FILE=/dev/null' in build and '--no-cache-dir' in build
+
+
+# An interpreter for build_mmcv.sh: answers mmcv_wheels.py and torch's questions as an
+# environment of torch FAKE_TORCH would, and records each pip call (arguments, the settings pip
+# would read, the setup.py it builds) instead of downloading or compiling anything.
+FAKE_PYTHON = r"""#!{python}
+import io, json, os, sys, tarfile
+args, calls = sys.argv[1:], os.environ['FAKE_CALLS']
+if args[0].endswith('mmcv_wheels.py'):
+    print({{'mmcv-plan': "MMCV_FLAVOUR=cpu\nMMCV_REASON='no GPU'\nMMCV_CACHE_KEY=key\n"
+                        "MMCV_LEGACY_CACHE_KEY=old\nMMCV_ARCHS=''\nMMCV_ARCH_DESCRIPTION=''\n"
+                        "MMCV_CUDA_HOME=''\nMMCV_CUDA_INCLUDES=''",
+           'find-wheel': '', 'wheel-flavour': 'cpu'}}[args[1]])
+elif args[0] == '-c':
+    print(os.environ['FAKE_TORCH'] if '__version__' in args[1] else os.environ['FAKE_ATEN'])
+else:
+    assert args[:2] == ['-m', 'pip'], args
+    source = next((a for a in args if a.startswith(('mmcv==', '/'))), None)
+    setup = os.path.join(source, 'setup.py') if source.startswith('/') else None
+    with open(calls, 'a') as f:
+        f.write(json.dumps(dict(
+            args=args[2:], setup=open(setup).read() if setup else None,
+            env={{k: os.environ.get(k) for k in ('PIP_CONFIG_FILE', 'PIP_FIND_LINKS',
+                                                'FORCE_CUDA', 'MMCV_WITH_OPS')}})) + '\n')
+    out = args[args.index('-d' if args[2] == 'download' else '-w') + 1]
+    os.makedirs(out, exist_ok=True)
+    if args[2] == 'download':
+        text = b"extra_compile_args = {{'cxx': ['-std=c++17']}}  # and '-std=c++14'\n"
+        with tarfile.open(os.path.join(out, 'mmcv-2.1.0.tar.gz'), 'w:gz') as tar:
+            info = tarfile.TarInfo('mmcv-2.1.0/setup.py')
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    else:
+        open(os.path.join(out, 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl'), 'w').close()
+"""
+
+
+@pytest.mark.parametrize('torch_version,cxx20', [('2.13.0', False), ('2.14.1', True)])
+def test_mmcv_build_reads_no_pip_setting_and_raises_the_standard_torch_needs(
+        torch_version, cxx20, tmp_path):
+    python, calls, aten = tmp_path / 'python', tmp_path / 'calls.jsonl', tmp_path / 'ATen.h'
+    python.write_text(FAKE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    aten.write_text('#error C++20 or later compatible compiler is required to use ATen.\n'
+                    if cxx20 else '#pragma once\n')
+    env = dict(os.environ, FAKE_CALLS=str(calls), FAKE_TORCH=torch_version, FAKE_ATEN=str(aten),
+               DUALFORMER_CACHE=str(tmp_path / 'cache'), PIP_FIND_LINKS=str(tmp_path / 'local'),
+               PIP_CONFIG_FILE=str(tmp_path / 'pip.conf'))
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', 'install', 'build_mmcv.sh'),
+                             str(python), '2.1.0'], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The wheel's path is the last line of stdout, in the cache folder of the plan's key.
+    wheel = result.stdout.strip().splitlines()[-1]
+    assert wheel == str(tmp_path / 'cache' / 'wheels' / 'key' /
+                        'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl') and osp.exists(wheel)
+    pips = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [p['args'][0] for p in pips] == (['download'] if cxx20 else []) + ['wheel']
+    for pip in pips:
+        # No config file, no local wheel folder, no wheel pip built earlier (of either flavour).
+        assert pip['env']['PIP_CONFIG_FILE'] == '/dev/null' and pip['env']['PIP_FIND_LINKS'] is None
+        assert '--no-cache-dir' in pip['args']
+        assert not [a for a in pip['args'] if '://' in a or a.endswith('index-url')]
+    build = pips[-1]
+    assert build['env']['FORCE_CUDA'] == '0' and build['env']['MMCV_WITH_OPS'] == '1'
+    assert {'--no-build-isolation', '--no-binary'} <= set(build['args'])
+    if cxx20:  # the unpacked sdist, its setup.py asking for C++20
+        assert build['setup'] == \
+            "extra_compile_args = {'cxx': ['-std=c++20']}  # and '-std=c++20'\n"
+        assert 'needs C++20' in result.stderr
+    else:  # the sdist as published
+        assert build['setup'] is None and 'mmcv==2.1.0' in build['args']
 
 
 # ------------------------------------------------------------------------------- sdist

@@ -1,5 +1,5 @@
-"""Backend switch, lazy loading, torch.compile, FLOP handles and ONNX export of the partition
-ops of MHPA (paper section 3.2)."""
+"""Backend switch, lazy loading, torch.compile and FLOP handles of the partition ops of MHPA
+(paper section 3.2). Their ONNX export, against ONNX Runtime: tests/test_onnx_export.py."""
 import os
 import os.path as osp
 import subprocess
@@ -273,28 +273,6 @@ def test_flops_equal_with_both_backends(arch):
         flops = count_complexity(model)[1]
     assert flops == sum(by_op['ext'].values())
     assert flops / 1e9 == pytest.approx(PAPER_TABLE1[arch][1], rel=0.02)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not compat.HAS_DYNAMO_ONNX_EXPORT, reason=f'torch {torch.__version__} '
-                    'has no torch.export-based ONNX exporter (torch >= 2.5)')
-def test_onnx_export_matches_onnxruntime(tmp_path):
-    pytest.importorskip('mmpretrain')  # the exported model is the classifier of its config
-    ort = pytest.importorskip('onnxruntime')
-    pytest.importorskip('onnxscript')  # the torch.export-based exporter translates with it
-    from dualformer_mm.utils import build_model_from_cfg
-    model = build_model_from_cfg(osp.join(ROOT, 'configs', 'mmpretrain', 'dualformer_t_in1k.py'))
-    model.eval()
-    x = torch.rand(1, 3, 224, 224)
-    path = str(tmp_path / 'dualformer_t.onnx')
-    with ops.use_backend('auto'), torch.no_grad():
-        want = model(x, mode='tensor')  # the fused kernels when built
-        # During export the ops take their reference decomposition (native scatter/gather).
-        torch.onnx.export(model, (x, ), path, input_names=['input'], output_names=['logits'],
-                          opset_version=18, dynamo=True)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    got = session.run(None, {'input': x.numpy()})[0]
-    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4)
 
 
 def test_whole_backbone_compiles_as_one_graph_in_a_fresh_process():

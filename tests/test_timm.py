@@ -260,7 +260,9 @@ def test_classifier_checkpoint_starts_a_features_model(tmp_path):
 
 def test_resolve_data_config_matches_the_mmpretrain_evaluation(tmp_path):
     from mmcv.transforms import Compose
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS, TRANSFORMS
+    from mmpretrain.utils import register_all_modules
     from PIL import Image
 
     cfg = Config.fromfile(CLS_CONFIG.format('t'))
@@ -276,9 +278,12 @@ def test_resolve_data_config_matches_the_mmpretrain_evaluation(tmp_path):
     rng = np.random.default_rng(0)
     path = str(tmp_path / 'img.png')
     Image.fromarray(rng.integers(0, 256, (320, 400, 3), dtype=np.uint8)).save(path)
-    pipeline = Compose([TRANSFORMS.build(t) for t in cfg.test_dataloader.dataset.pipeline])
+    # In mmpretrain's scope, whichever scope an earlier test of this process left as default.
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        pipeline = Compose([TRANSFORMS.build(t) for t in cfg.test_dataloader.dataset.pipeline])
+        preprocessor = MODELS.build(dict(type='ClsDataPreprocessor', **cfg.data_preprocessor))
     packed = pipeline(dict(img_path=path))
-    preprocessor = MODELS.build(dict(type='ClsDataPreprocessor', **cfg.data_preprocessor))
     want = preprocessor(dict(inputs=[packed['inputs']]), False)['inputs'][0]
     transform = timm.data.create_transform(**data_cfg)
     got = transform(Image.open(path).convert('RGB'))

@@ -234,6 +234,7 @@ custom_hooks = [dict(type='RandomStateHook'), dict(type='SaveRankWeights', out='
 '''
 
 
+@pytest.mark.xdist_group('processes')
 @pytest.mark.slow
 def test_two_nodes_train_to_the_same_weights(tmp_path):
     """Several machines, as docs/usage.md starts them, simulated on one: ``NNODES=2`` with
@@ -312,6 +313,7 @@ def classifier(tmp_path_factory):
     return tmp, root, tmp / 'classifier.pth'
 
 
+@pytest.mark.xdist_group('processes')
 @pytest.mark.slow
 def test_dist_test_cls(classifier, tmp_path):
     _, root, checkpoint = classifier
@@ -425,6 +427,7 @@ def test_tools_join_gloo_threads_before_exit(classifier, tool, keep, tmp_path):
         assert after == before, f'{int(after) - int(before)} thread(s) left after main()'
 
 
+@pytest.mark.xdist_group('processes')
 @pytest.mark.slow
 def test_dist_train_det(tmp_path):
     root = make_coco(tmp_path / 'coco')
@@ -439,6 +442,7 @@ def test_dist_train_det(tmp_path):
     assert (tmp_path / 'w' / 'epoch_1.pth').exists()
 
 
+@pytest.mark.xdist_group('processes')
 @pytest.mark.slow
 def test_dist_train_seg(tmp_path):
     root = make_ade20k(tmp_path / 'ade')

@@ -28,8 +28,11 @@ test: $(STAMP)
 	$(MAKE) test-compat
 
 # The main suite without its end-to-end runs (pytest.ini's `slow` and `full` markers).
+# Short tests only: worksteal's chunks of consecutive tests (323 s against 345 s one at a time,
+# 2-core AMD EPYC).
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest tests $(XDIST) -m "not slow and not full" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -n 2 --dist worksteal -m "not slow and not full" \
+		$(PYTEST_ARGS)
 
 # The size sweeps too long for CI (every size exported to ONNX, ...).
 test-full: $(STAMP)

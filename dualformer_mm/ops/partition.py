@@ -18,6 +18,27 @@ from torch import Tensor
 from .. import compat
 
 
+def lsh_projection(x: Tensor, planes: Tensor) -> Tensor:
+    """Float64 projections of tokens on the LSH hyperplane normals, whose signs are the code
+    bits of :func:`lsh_hash_pytorch`.
+
+    Args:
+        x (Tensor): Tokens of shape (G, N, D) or (B, H, N, D).
+        planes (Tensor): Normals of shape (D, P), or (H, D, P) with ``x`` of (B, H, N, D).
+
+    Returns:
+        Tensor: float64 of shape ``x.shape[:-1] + (P, )``.
+
+    Example:
+        >>> lsh_projection(torch.tensor([[[1., -2.]]]), torch.eye(2)).tolist()
+        [[[1.0, -2.0]]]
+    """
+    if planes.dim() == 3:
+        # (B, H, N, D) x (H, D, P) -> (B, H, N, P)
+        return torch.einsum('bhnd,hdp->bhnp', x.double(), planes.double())
+    return torch.matmul(x.double(), planes.double())
+
+
 def lsh_hash_pytorch(x: Tensor, planes: Tensor) -> Tensor:
     """Hash tokens to partition codes with random hyperplanes (eqs. 4-5).
 
@@ -40,12 +61,7 @@ def lsh_hash_pytorch(x: Tensor, planes: Tensor) -> Tensor:
     Returns:
         Tensor: int64 codes of shape ``x.shape[:-1]``.
     """
-    if planes.dim() == 3:
-        # (B, H, N, D) x (H, D, P) -> (B, H, N, P)
-        proj = torch.einsum('bhnd,hdp->bhnp', x.double(), planes.double())
-    else:
-        proj = torch.matmul(x.double(), planes.double())
-    bits = (proj >= 0).long()
+    bits = (lsh_projection(x, planes) >= 0).long()
     weights = 2 ** torch.arange(planes.shape[-1], device=x.device, dtype=torch.long)
     return (bits * weights).sum(-1)
 

@@ -271,6 +271,7 @@ def partition_statistics(backbone: nn.Module) -> Iterator[Dict[str, float]]:
         True
     """
     from dualformer_mm import PartitionAttention
+    from dualformer_mm.ops.partition import lsh_projection
     seen: List[Tuple[int, int]] = []
     margins: List[float] = []
 
@@ -284,9 +285,9 @@ def partition_statistics(backbone: nn.Module) -> Iterator[Dict[str, float]]:
 
         def partition_codes(tokens: Tensor) -> Tensor:
             x, planes = tokens.detach().double(), attn.planes.double()  # (B,H,n,d), (H,d,P)
-            cos = torch.einsum('bhnd,hdp->bhnp', x, planes).abs() / (
-                x.norm(dim=-1, keepdim=True) * planes.norm(dim=1)[None, :, None, :]
-            ).clamp_min(torch.finfo(torch.float64).tiny)
+            norms = x.norm(dim=-1, keepdim=True) * planes.norm(dim=1)[None, :, None, :]
+            cos = lsh_projection(x, planes).abs() / norms.clamp_min(
+                torch.finfo(torch.float64).tiny)
             margins.append(float(cos.min()))
             return codes_of(tokens)
 

@@ -20,8 +20,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     # The end-to-end (`slow`) runs first. make test (--dist loadgroup) hands the tests to its two
     # xdist workers one at a time in this order, so the long runs start early and the short
     # tests fill in at the end; the runs that start several processes (gloo ranks, data loader
-    # workers) form one xdist_group, which one worker runs in turn: two of them at once put
-    # five or more processes on two cores, and each took about half as long again.
+    # workers) form one xdist_group, which one worker runs in turn, so that no two of them put
+    # their processes on the two cores at once.
     items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 

@@ -9,13 +9,14 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-# Re-run the install whenever a pin, the package metadata, the script, the CUDA build rule
+# Re-run the install whenever a pin, the package metadata, the scripts, the CUDA build rule
 # both builds read (cuda_build.py), the mmcv wheel planning (tools/install/mmcv_wheels.py) or a
 # source of the compiled partition ops (dualformer_mm/ops/csrc) changes.
 OPS_SOURCES := $(wildcard dualformer_mm/ops/csrc/*.h dualformer_mm/ops/csrc/*.cpp \
 	dualformer_mm/ops/csrc/cpu/*.h dualformer_mm/ops/csrc/cpu/*.cpp \
 	dualformer_mm/ops/csrc/cuda/*.cuh dualformer_mm/ops/csrc/cuda/*.cu)
 $(STAMP): requirements/stack.txt requirements/tests.txt setup.py tools/setup_env.sh \
+		tools/install/compile_bytecode.sh \
 		cuda_build.py tools/install/mmcv_wheels.py $(OPS_SOURCES)
 	PYTHON=$(PYTHON) bash tools/setup_env.sh
 	touch $@

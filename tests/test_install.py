@@ -381,6 +381,50 @@ def test_setup_scripts_name_no_package_index():
         assert '--index-url' not in text and '://' not in text, script
 
 
+def test_bytecode_is_written_for_every_package_even_where_python_writes_none(tmp_path):
+    # A venv whose site-packages holds a package, a module and a file of a newer Python's
+    # syntax, compiled with PYTHONDONTWRITEBYTECODE set (as CI images set it).
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(tmp_path / 'v')],
+                   check=True, timeout=120)
+    vpy = str(tmp_path / 'v' / 'bin' / 'python')
+    site = subprocess.run([vpy, '-c', "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    os.makedirs(osp.join(site, 'pkg', 'sub'))
+    sources = [osp.join(site, 'pkg', '__init__.py'), osp.join(site, 'pkg', 'sub', 'mod.py'),
+               osp.join(site, 'single.py')]
+    for path in sources:
+        with open(path, 'w') as f:
+            f.write('X = 1\n')
+    newer = osp.join(site, 'pkg', 'newer.py')
+    with open(newer, 'w') as f:
+        f.write('def f(x: int) -> int:\n    return x\nmatch = (\n')  # cannot compile
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE='1')
+    proc = subprocess.run(['bash', osp.join(ROOT, 'tools', 'install', 'compile_bytecode.sh'), vpy],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == '', proc.stdout + proc.stderr
+
+    def cached(path):
+        return subprocess.run([vpy, '-c', 'import importlib.util, sys; '
+                               'print(importlib.util.cache_from_source(sys.argv[1]))', path],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert all(osp.isfile(cached(p)) for p in sources)
+    assert not osp.exists(cached(newer))
+    # A second run finds nothing to write: the files keep their times.
+    times = [os.stat(cached(p)).st_mtime_ns for p in sources]
+    subprocess.run(['bash', osp.join(ROOT, 'tools', 'install', 'compile_bytecode.sh'), vpy],
+                   env=env, check=True, timeout=120)
+    assert [os.stat(cached(p)).st_mtime_ns for p in sources] == times
+
+
+@pytest.mark.skipif(not osp.isfile(osp.join(sys.prefix, '.dualformer-setup')),
+                    reason="checks the venv of make setup")
+def test_make_setup_venv_holds_the_bytecode_of_its_packages():
+    import mmengine
+    for module in (torch, torch.nn.functional, mmengine):
+        assert osp.isfile(importlib.util.cache_from_source(module.__file__)), module.__name__
+
+
 # An interpreter for build_mmcv.sh: answers mmcv_wheels.py and torch's questions as an
 # environment of torch FAKE_TORCH would, and records each pip call (arguments, the settings pip
 # would read, the setup.py it builds) instead of downloading or compiling anything.

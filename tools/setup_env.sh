@@ -103,6 +103,9 @@ log "installing dualformer_mm (editable) and compiling its partition ops"
 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${UV[@]}" -q --no-build-isolation \
     --reinstall-package dualformer_mm -e "$ROOT"
 
+log "compiling the venv's Python files to bytecode"
+bash "$ROOT/tools/install/compile_bytecode.sh" "$VPY"
+
 # Which flavour each compiled package ended with; a visible GPU with CPU-only ops fails here.
 "$VPY" "$WHEEL_TOOL" check-install
 

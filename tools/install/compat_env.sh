@@ -107,6 +107,9 @@ else
     "${UV[@]}" -r "$REQ"
     took 'environment (download and install)'
 fi
+# pip would have written the environment's bytecode for the user.
+bash "$ROOT/tools/install/compile_bytecode.sh" "$VPY"
+took 'bytecode of the environment'
 
 snapshot() {  # version, RECORD digest, file count and newest file time of what the user has
     "$VPY" - <<'PY'

@@ -49,7 +49,9 @@ gpu_check = types.SimpleNamespace(**dict(zip(MODULES, _import_from(
 
 
 def _script(*args, timeout=300):
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='2')
+    # The children take this process's thread count: under xdist, the worker's share of the
+    # cores (conftest.py).
+    env = dict(os.environ, PYTHON=sys.executable)
     return subprocess.run(['bash', osp.join(ROOT, 'tools', 'gpu_check.sh'), *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
 

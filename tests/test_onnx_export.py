@@ -2,12 +2,13 @@
 (tools/deployment/pytorch2onnx.py), each checked in ONNX Runtime against the toolbox's own
 PyTorch computation.
 
-DualFormer-T at small sizes in make test (the exports are ``slow``: tens of seconds each): a
-dynamic backbone export checked where an MHPA sees fewer tokens than partitions (64x96: 6
-tokens for 8 partitions) and where all see many more (224x160 at least 35, up to 140); the
-segmentor's whole inference and the detector's backbone+FPN at 64x64; the classifier through
-the command line with a checkpoint; the TorchScript exporter of torch 2.1-2.4. Every size,
-every part: the ``full`` sweep (make test-full).
+In make test (the exports are ``slow``: tens of seconds each), the repository's T configs with
+a DualFormer of one block per stage (``tests.utils.TINY_ARCH``): a dynamic backbone export
+checked where an MHPA sees fewer tokens than partitions (64x96: 6 tokens for 8 partitions) and
+where all see many more (224x160 at least 35, up to 140); the segmentor's whole inference and
+the detector's backbone+FPN at 64x64; the classifier through the command line with a
+checkpoint. The TorchScript exporter of torch 2.1-2.4 on DualFormer-T. Every size, every part:
+the ``full`` sweep (make test-full).
 """
 import doctest
 import os
@@ -39,6 +40,22 @@ SEG = osp.join(ROOT, 'configs', 'mmseg', 'upernet_dualformer_{}_ade20k.py')
 DET = osp.join(ROOT, 'configs', 'mmdet', 'mask_rcnn_dualformer_{}_1x.py')
 # Outputs are O(1); ONNX Runtime and PyTorch differ by float32 rounding (1e-7..1e-6 measured).
 ATOL = 1e-4
+
+
+def _tiny_config(tmp_path, config: str) -> str:
+    """``config`` (a T config of the repository) with one block per stage, its heads' input
+    channels to match. Every size exports the same operators (the ``full`` sweep checks each);
+    the four exports below took 188 s with T's two to four blocks per stage and 83 s with this
+    (2-core AMD EPYC, two xdist workers)."""
+    channels = TINY_ARCH['channels']
+    heads = {CLS.format('t'): dict(head=dict(in_channels=channels[-1])),
+             SEG.format('t'): dict(decode_head=dict(in_channels=channels),
+                                   auxiliary_head=dict(in_channels=channels[2])),
+             DET.format('t'): dict(neck=dict(in_channels=channels))}[config]
+    model = dict(backbone=dict(arch=dict(TINY_ARCH, _delete_=True)), **heads)
+    path = tmp_path / f'tiny_{osp.basename(config)}'
+    path.write_text(f'_base_ = [{config!r}]\nmodel = {model!r}\n')
+    return str(path)
 
 
 def _randomise_statistics(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,7 +91,7 @@ def _export_and_check(target, tmp_path, shape, dynamic=False, sizes=None, export
 
 @pytest.mark.slow
 def test_backbone_dynamic_export_in_both_partition_regimes(tmp_path):
-    target = _targets.build_target(CLS.format('t'), part='backbone')
+    target = _targets.build_target(_tiny_config(tmp_path, CLS.format('t')), part='backbone')
     assert target.output_names == ['stage1', 'stage2', 'stage3', 'stage4']
     _, path, (few, many, batch3) = _export_and_check(
         target, tmp_path, (2, 3, 64, 96), dynamic=True,
@@ -101,7 +118,7 @@ def test_backbone_dynamic_export_in_both_partition_regimes(tmp_path):
 
 @pytest.mark.slow
 def test_segmentor_export_is_the_whole_inference(tmp_path):
-    target = _targets.build_target(SEG.format('t'))
+    target = _targets.build_target(_tiny_config(tmp_path, SEG.format('t')))
     assert target.output_names == ['seg_logits']
     _, path, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64))
     assert result.max_abs_diff <= ATOL, result.describe()
@@ -113,7 +130,7 @@ def test_segmentor_export_is_the_whole_inference(tmp_path):
 
 @pytest.mark.slow
 def test_detector_export_is_backbone_and_fpn(tmp_path):
-    target = _targets.build_target(DET.format('t'))
+    target = _targets.build_target(_tiny_config(tmp_path, DET.format('t')))
     assert target.output_names == [f'fpn{i}' for i in range(5)] and target.size_divisor == 32
     assert 'mmdeploy' in _targets.DETECTOR_HEADS_NOTE
     _, path, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64))
@@ -125,18 +142,19 @@ def test_detector_export_is_backbone_and_fpn(tmp_path):
 
 @pytest.mark.slow
 def test_command_line_classifier_with_checkpoint(tmp_path):
-    classifier = _randomise_statistics(build_model_from_cfg(CLS.format('t'))).eval()
+    config = _tiny_config(tmp_path, CLS.format('t'))
+    classifier = _randomise_statistics(build_model_from_cfg(config)).eval()
     checkpoint, out = str(tmp_path / 'cls.pth'), str(tmp_path / 'cls.onnx')
     torch.save(dict(meta=dict(epoch=1), state_dict=classifier.state_dict()), checkpoint)
     result = subprocess.run(
-        [sys.executable, osp.join(TOOLS, 'pytorch2onnx.py'), CLS.format('t'), checkpoint,
+        [sys.executable, osp.join(TOOLS, 'pytorch2onnx.py'), config, checkpoint,
          '--out', out, '--shape', '64', '64'], cwd=ROOT, capture_output=True, text=True,
         timeout=900, env=dict(os.environ, PYTHONWARNINGS='ignore'))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'classifier logits' in result.stdout and f'loaded {checkpoint}' in result.stdout
     assert 'opset 18' in result.stdout and 'max |onnxruntime - pytorch|' in result.stdout
     # The file holds the checkpoint's weights.
-    x = _tie_free(_targets.build_target(CLS.format('t'), checkpoint), (1, 3, 64, 64))
+    x = _tie_free(_targets.build_target(config, checkpoint), (1, 3, 64, 64))
     got = _onnx.session(out).run(None, {'images': x.numpy()})[0]
     with torch.no_grad():
         want = classifier(x, mode='tensor')

@@ -382,8 +382,9 @@ def test_setup_scripts_name_no_package_index():
 
 
 def test_bytecode_is_written_for_every_package_even_where_python_writes_none(tmp_path):
-    # A venv whose site-packages holds a package, a module and a file of a newer Python's
-    # syntax, compiled with PYTHONDONTWRITEBYTECODE set (as CI images set it).
+    # A venv whose site-packages holds a package, a module and a file that cannot compile (as
+    # torch ships one in Python 3.12 syntax), compiled with PYTHONDONTWRITEBYTECODE set (as CI
+    # images set it).
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(tmp_path / 'v')],
                    check=True, timeout=120)
     vpy = str(tmp_path / 'v' / 'bin' / 'python')

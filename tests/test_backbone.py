@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import dualformer_mm  # noqa: F401  (registers DualFormer)
 from dualformer_mm import DualFormer, ops
-from dualformer_mm.models.backbones.dualformer import AttentionConfig, BlockConfig
+from dualformer_mm.models import AttentionConfig, BlockConfig
 from dualformer_mm.models.layers import ffn as ffn_layers
 from tests.utils import ARCHS
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dualformer_mm import ops
-from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from dualformer_mm.models import PartitionAttention
 
 HEADS, DIMS, PARTS = 2, 32, 4
 IMPORTANCE = ['partition', 'joint']

@@ -675,3 +675,13 @@ def test_training_paths_compute_the_same():
                                    atol=1e-3 * grad.abs().max().item() + 1e-7, msg=name)
     for name, value in stats_b.items():
         torch.testing.assert_close(stats_a[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from dualformer_mm.models.backbones import dualformer as backbone
+    from dualformer_mm.models.utils import mbconv, options, partition_attention
+    for module in (options, mbconv, partition_attention, backbone):
+        result = doctest.testmod(module, extraglobs=dict(torch=torch))
+        assert result.attempted > 0 and result.failed == 0, module.__name__

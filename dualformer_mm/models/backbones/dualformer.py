@@ -58,10 +58,11 @@ class DualAttentionBlock(BaseModule):
         sr_ratio (int): MHPA downsampling rate ``k``.
         num_partitions (int): Partitions per head.
         drop_path (float): Stochastic depth rate. Defaults to 0.
-        block_cfg (dict | BlockConfig, optional): Block options (:class:`BlockConfig`).
-            Defaults to None (the paper's parallel block with MBConv).
-        attn_cfg (dict | AttentionConfig, optional): MHPA options (:class:`AttentionConfig`).
-            Defaults to None.
+        block_cfg (dict | BlockConfig, optional): Block options
+            (:class:`~dualformer_mm.models.BlockConfig`). Defaults to None (the paper's
+            parallel block with MBConv).
+        attn_cfg (dict | AttentionConfig, optional): MHPA options
+            (:class:`~dualformer_mm.models.AttentionConfig`). Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         with_cp (bool): Gradient checkpointing. The re-run of the forward in the backward
@@ -230,15 +231,16 @@ class DualFormer(BaseModule):
         num_partitions (Sequence[int]): Partitions per head, per stage. Defaults to
             ``(8, 8, 8, 8)``.
         block_cfg (dict | BlockConfig, optional): Options of every Dual Attention Block
-            (:class:`BlockConfig`): ``mode`` (``'parallel'`` or ``'serial'``, Table 5),
-            ``conv_ratio`` and ``local_branch`` (``'mbconv'``, ``'pointwise'`` or ``'none'``,
-            Table 5 "Depth-wise"). Missing keys take the defaults, the paper's block.
-            Defaults to None.
+            (:class:`~dualformer_mm.models.BlockConfig`): ``mode`` (``'parallel'`` or
+            ``'serial'``, Table 5), ``conv_ratio`` and ``local_branch`` (``'mbconv'``,
+            ``'pointwise'`` or ``'none'``, Table 5 "Depth-wise"). Missing keys take the
+            defaults, the paper's block. Defaults to None.
         attn_cfg (dict | AttentionConfig, optional): Options of every MHPA
-            (:class:`AttentionConfig`): ``partition`` (``'lsh'`` or ``'kmeans'``, Table 6),
-            ``kmeans_iters``, ``intra`` (``'pool'`` or ``'token'``, eqs. 6-7), ``use_intra``
-            and ``use_inter`` (Table 5), ``inter_importance`` (``'partition'`` or
-            ``'joint'``, eq. 9). Missing keys take the defaults. Defaults to None.
+            (:class:`~dualformer_mm.models.AttentionConfig`): ``partition`` (``'lsh'`` or
+            ``'kmeans'``, Table 6), ``kmeans_iters``, ``intra`` (``'pool'`` or ``'token'``,
+            eqs. 6-7), ``use_intra`` and ``use_inter`` (Table 5), ``inter_importance``
+            (``'partition'`` or ``'joint'``, eq. 9). Missing keys take the defaults.
+            Defaults to None.
         norm_cfg (dict): Norm config of every norm layer: ``'BN'``, ``'SyncBN'``, ``'GN'``
             (e.g. ``dict(type='GN', num_groups=1)``), ``'LN'``/``'LN2d'`` (LayerNorm over the
             channels of each pixel) or any other mmcv norm. Defaults to ``dict(type='BN')``.
@@ -372,7 +374,7 @@ class DualFormer(BaseModule):
 
     @staticmethod
     def _refuse_unknown_arguments(kwargs: Dict) -> None:
-        """Name the config an option of :class:`BlockConfig` or :class:`AttentionConfig`
+        """Name the config an option of ``BlockConfig`` or ``AttentionConfig``
         belongs to when it is passed to the backbone itself."""
         for name in kwargs:
             if name == 'use_dwconv':

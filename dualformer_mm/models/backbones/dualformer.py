@@ -441,6 +441,54 @@ class DualFormer(BaseModule):
                     module.eval()
         return self
 
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """The depth of a parameter, for layer-wise learning-rate decay.
+
+        mmpretrain's ``LearningRateDecayOptimWrapperConstructor`` scales the learning rate of
+        a parameter at depth ``d`` by ``layer_decay_rate ** (num_layers - 1 - d)``, asking the
+        classifier, which asks its backbone with ``prefix='backbone.'``. The depths follow the
+        network: the stem is 0; block ``j`` of stage ``i`` is ``sum(depths[:i]) + j + 1``; a
+        stage's downsampling conv and its norm run right before the stage's first block and
+        take that block's depth, as Swin's take the depth of the block next to them in their
+        stage (Swin downsamples at the end of a stage, DualFormer at the start); the output
+        norms, and every parameter outside the backbone (neck, head), take the top depth
+        ``num_layers - 1``, as Swin's output norms do. ``num_layers`` is the number of blocks
+        plus 2.
+
+        Args:
+            param_name (str): The name of a parameter of the model that holds the backbone.
+            prefix (str): The backbone's prefix in that model (``'backbone.'`` in a
+                classifier). Defaults to ``''``.
+
+        Returns:
+            tuple[int, int]: The parameter's depth and ``num_layers``.
+
+        Example:
+            >>> model = DualFormer(arch='t')  # 2 + 2 + 4 + 2 blocks: 12 depths
+            >>> model.get_layer_depth('backbone.stem.0.conv.weight', 'backbone.')
+            (0, 12)
+            >>> model.get_layer_depth('stages.1.downsample.conv.weight')
+            (3, 12)
+            >>> model.get_layer_depth('stages.1.blocks.0.proj.weight')
+            (3, 12)
+            >>> model.get_layer_depth('head.fc.weight', 'backbone.')
+            (11, 12)
+        """
+        depths = self.arch_settings['depths']
+        num_layers = sum(depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] == 'stem':
+            return 0, num_layers
+        if parts[0] == 'stages':
+            stage = int(parts[1])
+            first_block = sum(depths[:stage]) + 1
+            if parts[2] == 'blocks':
+                return first_block + int(parts[3]), num_layers
+            return first_block, num_layers  # the stage's downsampling
+        return num_layers - 1, num_layers
+
     def _check_batch_statistics(self, x: Tensor) -> None:
         """Name the cause when per-process BatchNorm would see one value per channel."""
         # Every strided conv halves with rounding up, so the last stage is ceil(H/32) x

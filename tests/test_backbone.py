@@ -464,8 +464,9 @@ def test_local_branch_pointwise_is_the_1x1_conv_of_mbconv():
 
 
 def test_state_dict_keys_of_the_default_model_are_stable():
-    # Released checkpoints name their tensors so; a change of a key or shape needs a
-    # _load_from_state_dict migration of the old names.
+    # Checkpoints name their tensors so (state-dict layout 2); a change of a key or shape
+    # needs a new DualFormer._version and a migration of the old keys in its
+    # _load_from_state_dict (tests/test_state_dict.py).
     state = DualFormer(arch='t').state_dict()
     listing = '\n'.join(f'{k} {tuple(v.shape)}' for k, v in state.items())
     assert len(state) == STATE_DICT_T[0]

@@ -16,7 +16,7 @@ root ``MODELS`` registry, which the three toolboxes' registries search.
 import dataclasses
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -297,6 +297,12 @@ class DualFormer(BaseModule):
         }),
     }
     num_stages = 4
+    # The layout of the state dict, saved in its metadata; _load_from_state_dict reads the
+    # older ones. 1: the norm of each conv-norm pair named after its type as mmcv's
+    # ConvModule names it ('stem.0.bn.weight'), the FFN's convs 'ffn.0' and 'ffn.2', and a
+    # 1x1 conv 'to_spatial' in MHPA at k = 1 too. 2: 'stem.0.norm.weight', 'ffn.fc1',
+    # 'ffn.fc2', no conv after the aggregation at k = 1.
+    _version = 2
 
     def __init__(self,
                  arch: Union[str, Dict] = 't',
@@ -489,6 +495,35 @@ class DualFormer(BaseModule):
             return first_block, num_layers  # the stage's downsampling
         return num_layers - 1, num_layers
 
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str,
+                              local_metadata: Dict, *args: Any, **kwargs: Any) -> None:
+        version = local_metadata.get('version')
+        if version is not None and version > self._version:
+            raise RuntimeError(
+                f'The DualFormer state dict under {prefix!r} has layout version {version}; '
+                f'this dualformer-mm reads versions up to {self._version}. Load it with the '
+                'dualformer-mm that saved it, or a newer one')
+        if version is None or version < 2:
+            # Every checkpoint saved before the version was recorded says 1 (nn.Module's
+            # default), in either layout, and one without metadata says nothing: layout 1 is
+            # recognised by its keys, and the keys of layout 2 are left as they are.
+            self._upgrade_layout_1(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+    def _upgrade_layout_1(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
+        """Rewrite the keys of state-dict layout 1 (see ``_version``) in place."""
+        for name, module in self.named_modules():
+            at = f'{prefix}{name}.' if name else prefix
+            if isinstance(module, nn.Sequential) and {'conv', 'norm'} <= set(module._modules):
+                # A conv_norm_act; mmcv's ConvModule named the norm 'bn', 'gn', 'ln' or 'in'.
+                for old in ('bn', 'gn', 'ln', 'in'):
+                    _rename_keys(state_dict, f'{at}{old}.', f'{at}norm.')
+            elif isinstance(module, FFN):
+                _rename_keys(state_dict, f'{at}0.', f'{at}fc1.')
+                _rename_keys(state_dict, f'{at}2.', f'{at}fc2.')
+            elif isinstance(module, PartitionAttention) and module.sr_ratio == 1:
+                _fold_into_aggregate(state_dict, at)
+
     def _check_batch_statistics(self, x: Tensor) -> None:
         """Name the cause when per-process BatchNorm would see one value per channel."""
         # Every strided conv halves with rounding up, so the last stage is ceil(H/32) x
@@ -543,3 +578,31 @@ class DualFormer(BaseModule):
                 # strides (mmcv's CPU RoIAlign did, and Mask R-CNN's box AP fell to ~0).
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)
+
+
+def _rename_keys(state_dict: Dict[str, Tensor], old: str, new: str) -> None:
+    """Give every key that starts with ``old`` the start ``new`` instead, in place."""
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[new + key[len(old):]] = state_dict.pop(key)
+
+
+def _fold_into_aggregate(state_dict: Dict[str, Tensor], at: str) -> None:
+    """Fold the 1x1 conv ``to_spatial`` of a layout-1 MHPA at k = 1 into ``aggregate``.
+
+    There, ``to_spatial(aggregate(y))`` applied two linear maps to each token in turn, which
+    make one: ``W = W_s @ W_a`` and ``b = W_s @ b_a + b_s`` (computed in float64), so the
+    migrated MHPA computes what the old one did. Keys that do not fit are left for
+    ``load_state_dict`` to report.
+    """
+    keys = [f'{at}{name}' for name in ('to_spatial.weight', 'to_spatial.bias',
+                                        'aggregate.weight', 'aggregate.bias')]
+    if not all(key in state_dict for key in keys):
+        return
+    w_s, b_s, w_a, b_a = (state_dict[key] for key in keys)
+    channels = w_a.shape[0]
+    if w_s.shape != (channels, channels, 1, 1) or b_s.shape != b_a.shape:
+        return
+    w_s = w_s.flatten(1).double()  # (C, C, 1, 1) -> (C, C)
+    state_dict[keys[2]] = (w_s @ w_a.double()).to(w_a.dtype)
+    state_dict[keys[3]] = (w_s @ b_a.double() + b_s.double()).to(b_a.dtype)
+    del state_dict[keys[0]], state_dict[keys[1]]

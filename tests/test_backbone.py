@@ -2,6 +2,7 @@
 import copy
 import hashlib
 import re
+import sys
 
 import pytest
 import torch
@@ -104,12 +105,62 @@ def test_bad_input_raises_value_error():
         model(torch.rand(3, 32, 32))
 
 
-@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
-def test_non_finite_input_raises(bad):
-    x = torch.rand(1, 3, 32, 32)
-    x[0, 1, 5, 7] = bad
-    with pytest.raises(ValueError, match='NaN or Inf'):
-        DualFormer(arch='t')(x)
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+@pytest.mark.parametrize('check_finite', ['cpu', 'all'])
+def test_non_finite_input_raises_naming_the_images(bad, check_finite):
+    model = DualFormer(arch=TINY, check_finite=check_finite)
+    x = torch.rand(5, 3, 32, 32)
+    x[1, 1, 5, 7] = bad
+    x[4, 0, 31, 0] = bad
+    with pytest.raises(ValueError, match=r'NaN or Inf values in 2 of 5 images, at batch '
+                                         r'indices \[1, 4\]'):
+        model(x)
+    with pytest.raises(ValueError, match=r'in 1 of 1 images, at batch indices \[0\]'):
+        model(x[4:])
+    assert all(torch.isfinite(o).all() for o in model(x[2:4]))
+
+
+def test_check_finite_off_lets_non_finite_input_through():
+    model = DualFormer(arch=TINY, check_finite='off').eval()
+    x = torch.rand(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float('nan')
+    outs = model(x)
+    assert not torch.isfinite(outs[-1][0]).all()
+    with pytest.raises(ValueError, match=r"check_finite must be one of \('cpu', 'all', 'off'\), "
+                                         r"got 'gpu'"):
+        DualFormer(arch=TINY, check_finite='gpu')
+
+
+@pytest.mark.parametrize('check_finite, reads', [('cpu', False), ('all', True), ('off', False)])
+def test_check_finite_on_other_devices_is_opt_in(check_finite, reads, monkeypatch):
+    # A meta tensor stands for a GPU one: a device other than the CPU, whose values the host
+    # would have to wait for. Only check_finite='all' reads them there.
+    backbone = sys.modules[DualFormer.__module__]
+    seen = []
+    monkeypatch.setattr(backbone, 'non_finite_images', lambda x: seen.append(x.device) or [])
+    model = DualFormer(arch=TINY, check_finite=check_finite)
+    model._check_finite(torch.empty(2, 3, 32, 32, device='meta'))
+    assert seen == ([torch.device('meta')] if reads else [])
+    model._check_finite(torch.rand(2, 3, 32, 32))
+    assert len(seen) == int(reads) + int(check_finite != 'off')
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_non_finite_input_on_cuda_leaves_the_device_usable():
+    x = torch.rand(3, 3, 64, 64, device='cuda')
+    x[2, 0, 0, 0] = float('nan')
+    model = DualFormer(arch=TINY, check_finite='all').cuda().eval()
+    with pytest.raises(ValueError, match=r'at batch indices \[2\]'):
+        model(x)
+    # By default GPU inputs are not checked: NaN features, no device-side assert.
+    model.check_finite = 'cpu'
+    with torch.no_grad():
+        outs = model(x)
+    assert not torch.isfinite(outs[-1][2]).all() and torch.isfinite(outs[-1][:2]).all()
+    # The CUDA context is still usable: the next batch runs.
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(o).all() for o in model(x[:2]))
 
 
 def test_invalid_and_custom_arch():

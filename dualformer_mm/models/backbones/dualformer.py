@@ -38,8 +38,8 @@ DEFAULT_INIT_CFG = [
     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
     dict(type='Constant', layer=['_BatchNorm', 'GroupNorm', 'LayerNorm'], val=1., bias=0.),
 ]
-NAN_INPUT_MESSAGE = ('DualFormer input contains NaN or Inf values; check the data pipeline '
-                     'and normalisation')
+#: The values of DualFormer's ``check_finite``: which inputs are checked for NaN and Inf.
+CHECK_FINITE_MODES = ('cpu', 'all', 'off')
 
 
 class DualAttentionBlock(BaseModule):
@@ -245,6 +245,14 @@ class DualFormer(BaseModule):
             (e.g. ``dict(type='GN', num_groups=1)``), ``'LN'``/``'LN2d'`` (LayerNorm over the
             channels of each pixel) or any other mmcv norm. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
+        check_finite (str): Which inputs are checked for NaN and Inf values before the
+            stem: ``'cpu'``, inputs on the CPU; ``'all'``, inputs on every device; ``'off'``,
+            none. A failed check raises a ``ValueError`` naming the batch indices of the
+            images with such values (``non_finite_images``). On a GPU the host has to
+            wait for the answer, one synchronisation per forward, and the check cannot be
+            captured in a CUDA graph, so ``'cpu'`` leaves GPU inputs unchecked; ``'all'``
+            is for finding a bad image or data pipeline. The check is skipped while tracing
+            (ONNX export, FLOP counting) or compiling. Defaults to ``'cpu'``.
         channels_last (bool): Run the network in the channels-last (NHWC) memory layout:
             the input is converted once, every layer keeps the layout, and the outputs are
             converted back to contiguous NCHW (one copy each). oneDNN runs the 1x1 and
@@ -318,6 +326,7 @@ class DualFormer(BaseModule):
                  attn_cfg: Union[None, Dict, AttentionConfig] = None,
                  norm_cfg: Dict = dict(type='BN'),
                  act_cfg: Dict = dict(type='GELU'),
+                 check_finite: str = 'cpu',
                  channels_last: bool = True,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = DEFAULT_INIT_CFG,
                  **kwargs) -> None:
@@ -345,6 +354,10 @@ class DualFormer(BaseModule):
             raise ValueError(f'frozen_stages must be in -1..{self.num_stages}, got {frozen_stages}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        if check_finite not in CHECK_FINITE_MODES:
+            raise ValueError(f'check_finite must be one of {CHECK_FINITE_MODES}, '
+                             f'got {check_finite!r}')
+        self.check_finite = check_finite
         self.channels_last = channels_last
         self.channels = list(channels)
 
@@ -541,25 +554,25 @@ class DualFormer(BaseModule):
                 "32x32 pixels, norm_eval=True, or a norm_cfg without batch statistics (e.g. "
                 "dict(type='GN', num_groups=1))")
 
-    @staticmethod
-    def _check_finite(x: Tensor) -> None:
+    def _check_finite(self, x: Tensor) -> None:
         """Refuse NaN/Inf input, which would otherwise come out as NaN features with no hint.
 
-        One reduction per eager forward, negligible next to the backbone. On CPU it raises a
-        ``ValueError`` at once. On other devices reading the answer would make the host wait
-        for the device in every forward (and break CUDA graph capture), so the check is a
-        device-side assert (``torch._assert_async``): a NaN input stops the run at its next
-        synchronisation with "CUDA error: device-side assert triggered" (run with
-        ``CUDA_LAUNCH_BLOCKING=1`` to see it raised at this forward). Skipped when tracing
-        (FLOP counting, ONNX) or compiling, where it would break the graph.
+        Which inputs are checked is ``check_finite``'s choice (see the class). The check is
+        one reduction and one value read on the host, negligible next to the backbone on a
+        CPU. Skipped when tracing (FLOP counting, ONNX) or compiling, where it would break
+        the graph.
         """
+        if self.check_finite == 'off' or (self.check_finite == 'cpu'
+                                          and x.device.type != 'cpu'):
+            return
         if torch.jit.is_tracing() or compat.is_compiling():
             return
-        finite = torch.isfinite(x).all()
-        if x.device.type != 'cpu':
-            torch._assert_async(finite, NAN_INPUT_MESSAGE)
-        elif not finite:
-            raise ValueError(NAN_INPUT_MESSAGE)
+        bad = non_finite_images(x)
+        if bad:
+            raise ValueError(
+                f'DualFormer input contains NaN or Inf values in {len(bad)} of '
+                f'{x.shape[0]} images, at batch indices {bad}; check the data pipeline and '
+                'normalisation')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -578,6 +591,30 @@ class DualFormer(BaseModule):
                 # strides (mmcv's CPU RoIAlign did, and Mask R-CNN's box AP fell to ~0).
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)
+
+
+def non_finite_images(x: Tensor) -> List[int]:
+    """The batch indices of the images of ``x`` that hold a NaN or an Inf value.
+
+    One flag is read on the host (on a GPU, the host waits for the device), and the indices
+    only when some image has such values.
+
+    Args:
+        x (Tensor): A batch, ``(N, ...)``.
+
+    Returns:
+        list[int]: The indices, in increasing order; empty when every value is finite.
+
+    Example:
+        >>> x = torch.zeros(4, 3, 2, 2)
+        >>> x[1, 0, 0, 0], x[3, 2, 1, 1] = float('nan'), float('-inf')
+        >>> non_finite_images(x), non_finite_images(x[:1])
+        ([1, 3], [])
+    """
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if bool(finite.all()):
+        return []
+    return (~finite).nonzero().flatten().tolist()
 
 
 def _rename_keys(state_dict: Dict[str, Tensor], old: str, new: str) -> None:

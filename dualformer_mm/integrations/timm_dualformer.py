@@ -34,8 +34,8 @@ import torch.nn as nn
 from mmengine.model import initialize
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model,
+                         resolve_pretrained_cfg)
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -102,7 +102,7 @@ class DualFormerTimm(nn.Module):
             backbone's ``out_indices``; the last stage always has one. Defaults to ``(3, )``,
             the classifier; ``features_only`` models get their ``out_indices``.
         **backbone_kwargs: Further :class:`~dualformer_mm.DualFormer` arguments
-            (``norm_cfg``, ``with_cp``, ``intra``, ...).
+            (``norm_cfg``, ``with_cp``, ``block_cfg``, ``attn_cfg``, ...).
 
     Example:
         >>> model = DualFormerTimm('t', num_classes=5).eval()
@@ -110,6 +110,10 @@ class DualFormerTimm(nn.Module):
         torch.Size([2, 5])
         >>> model.forward_features(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 320, 2, 2])
+        >>> model = DualFormerTimm('t', num_classes=5, norm_cfg=dict(type='LN2d'),
+        ...                        attn_cfg=dict(intra='token'))
+        >>> model.backbone.attn_cfg.intra, type(model.backbone.norm3).__name__
+        ('token', 'LayerNorm2d')
     """
 
     def __init__(self,

@@ -2,6 +2,7 @@
 import copy
 import hashlib
 import re
+import sys
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import dualformer_mm  # noqa: F401  (registers DualFormer)
 from dualformer_mm import DualFormer, ops
-from dualformer_mm.models.backbones.dualformer import AttentionConfig, BlockConfig
+from dualformer_mm.models import AttentionConfig, BlockConfig
 from dualformer_mm.models.layers import ffn as ffn_layers
 from tests.utils import ARCHS
 
@@ -104,12 +105,62 @@ def test_bad_input_raises_value_error():
         model(torch.rand(3, 32, 32))
 
 
-@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
-def test_non_finite_input_raises(bad):
-    x = torch.rand(1, 3, 32, 32)
-    x[0, 1, 5, 7] = bad
-    with pytest.raises(ValueError, match='NaN or Inf'):
-        DualFormer(arch='t')(x)
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+@pytest.mark.parametrize('check_finite', ['cpu', 'all'])
+def test_non_finite_input_raises_naming_the_images(bad, check_finite):
+    model = DualFormer(arch=TINY, check_finite=check_finite)
+    x = torch.rand(5, 3, 32, 32)
+    x[1, 1, 5, 7] = bad
+    x[4, 0, 31, 0] = bad
+    with pytest.raises(ValueError, match=r'NaN or Inf values in 2 of 5 images, at batch '
+                                         r'indices \[1, 4\]'):
+        model(x)
+    with pytest.raises(ValueError, match=r'in 1 of 1 images, at batch indices \[0\]'):
+        model(x[4:])
+    assert all(torch.isfinite(o).all() for o in model(x[2:4]))
+
+
+def test_check_finite_off_lets_non_finite_input_through():
+    model = DualFormer(arch=TINY, check_finite='off').eval()
+    x = torch.rand(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float('nan')
+    outs = model(x)
+    assert not torch.isfinite(outs[-1][0]).all()
+    with pytest.raises(ValueError, match=r"check_finite must be one of \('cpu', 'all', 'off'\), "
+                                         r"got 'gpu'"):
+        DualFormer(arch=TINY, check_finite='gpu')
+
+
+@pytest.mark.parametrize('check_finite, reads', [('cpu', False), ('all', True), ('off', False)])
+def test_check_finite_on_other_devices_is_opt_in(check_finite, reads, monkeypatch):
+    # A meta tensor stands for a GPU one: a device other than the CPU, whose values the host
+    # would have to wait for. Only check_finite='all' reads them there.
+    backbone = sys.modules[DualFormer.__module__]
+    seen = []
+    monkeypatch.setattr(backbone, 'non_finite_images', lambda x: seen.append(x.device) or [])
+    model = DualFormer(arch=TINY, check_finite=check_finite)
+    model._check_finite(torch.empty(2, 3, 32, 32, device='meta'))
+    assert seen == ([torch.device('meta')] if reads else [])
+    model._check_finite(torch.rand(2, 3, 32, 32))
+    assert len(seen) == int(reads) + int(check_finite != 'off')
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_non_finite_input_on_cuda_leaves_the_device_usable():
+    x = torch.rand(3, 3, 64, 64, device='cuda')
+    x[2, 0, 0, 0] = float('nan')
+    model = DualFormer(arch=TINY, check_finite='all').cuda().eval()
+    with pytest.raises(ValueError, match=r'at batch indices \[2\]'):
+        model(x)
+    # By default GPU inputs are not checked: NaN features, no device-side assert.
+    model.check_finite = 'cpu'
+    with torch.no_grad():
+        outs = model(x)
+    assert not torch.isfinite(outs[-1][2]).all() and torch.isfinite(outs[-1][:2]).all()
+    # The CUDA context is still usable: the next batch runs.
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(o).all() for o in model(x[:2]))
 
 
 def test_invalid_and_custom_arch():
@@ -464,8 +515,9 @@ def test_local_branch_pointwise_is_the_1x1_conv_of_mbconv():
 
 
 def test_state_dict_keys_of_the_default_model_are_stable():
-    # Released checkpoints name their tensors so; a change of a key or shape needs a
-    # _load_from_state_dict migration of the old names.
+    # Checkpoints name their tensors so (state-dict layout 2); a change of a key or shape
+    # needs a new DualFormer._version and a migration of the old keys in its
+    # _load_from_state_dict (tests/test_state_dict.py).
     state = DualFormer(arch='t').state_dict()
     listing = '\n'.join(f'{k} {tuple(v.shape)}' for k, v in state.items())
     assert len(state) == STATE_DICT_T[0]
@@ -675,3 +727,13 @@ def test_training_paths_compute_the_same():
                                    atol=1e-3 * grad.abs().max().item() + 1e-7, msg=name)
     for name, value in stats_b.items():
         torch.testing.assert_close(stats_a[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from dualformer_mm.models.backbones import dualformer as backbone
+    from dualformer_mm.models.utils import mbconv, options, partition_attention
+    for module in (options, mbconv, partition_attention, backbone):
+        result = doctest.testmod(module, extraglobs=dict(torch=torch))
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dualformer_mm import ops
-from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from dualformer_mm.models import PartitionAttention
 
 HEADS, DIMS, PARTS = 2, 32, 4
 IMPORTANCE = ['partition', 'joint']
@@ -111,16 +111,43 @@ def test_use_inter_false_removes_the_inter_path(intra):
     torch.testing.assert_close(got['paths'], want)
 
 
-def test_use_intra_false_removes_the_intra_path():
-    attn = make_attention(use_intra=False)
+def inter_path_by_loops(attn: PartitionAttention, values: torch.Tensor,
+                        codes: torch.Tensor) -> torch.Tensor:
+    """Eqs. 8-9 token by token, from the module's weights only: (G, n, d) -> (G, n, d).
+
+    Each token receives the mean of its partition's values times the partition's SE
+    coefficient, the coefficients normalised over the non-empty partitions of its group; an
+    empty partition's descriptor is zero and its coefficient is left out.
+    """
+    groups, _, d = values.shape
+    desc = values.new_zeros(groups, PARTS, d)
+    present = torch.zeros(groups, PARTS, dtype=torch.bool)
+    for g in range(groups):
+        for k in range(PARTS):
+            members = codes[g] == k
+            if members.any():
+                desc[g, k] = values[g][members].mean(0)
+                present[g, k] = True
+    m = importance_logits(attn, desc) * present
+    weight = m / m.sum(-1, keepdim=True)
+    out = torch.empty_like(values)
+    for g in range(groups):
+        for i, k in enumerate(codes[g].tolist()):
+            out[g, i] = desc[g, k] * weight[g, k]
+    return out
+
+
+@pytest.mark.parametrize('importance', IMPORTANCE)
+def test_use_intra_false_leaves_only_the_inter_path(importance):
+    attn = make_attention(use_intra=False, inter_importance=importance)
     assert attn.aggregate.in_features == DIMS
     got = run_and_capture(attn, torch.randn(2, DIMS, 8, 8))
-    want = ops.partition_distribute_pytorch(attn.inter_features(got['values'], got['codes']),
-                                            got['codes'])
-    torch.testing.assert_close(got['paths'], want)
-    # The scores only steer the partitions: with the codes fixed, the intra path is gone, so
-    # the output cannot depend on the hashed tokens beyond their codes.
+    assert len(got['codes'].unique()) > 1, 'the input should spread over several partitions'
+    # Each token's aggregation input is its partition's weighted mean alone (d channels, no
+    # intra-partition feature beside it).
     assert got['paths'].shape[-1] == attn.head_dims
+    torch.testing.assert_close(got['paths'],
+                               inter_path_by_loops(attn, got['values'], got['codes']))
 
 
 def test_channel_to_spatial_only_where_downsampled():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dualformer_mm import DualFormer, compat, ops
-from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from dualformer_mm.models import PartitionAttention
 from tests.utils import TINY_ARCH
 
 BACKENDS = ['ext', 'reference']

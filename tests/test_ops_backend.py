@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dualformer_mm import compat, ops
-from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from dualformer_mm.models import PartitionAttention
 from dualformer_mm.ops import _backend
 from tests.utils import CUDA
 

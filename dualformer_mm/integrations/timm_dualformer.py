@@ -26,7 +26,7 @@ Example:
     >>> feats.feature_info.channels(), feats.feature_info.reduction()
     ([128, 320], [8, 32])
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
@@ -34,9 +34,10 @@ import torch.nn as nn
 from mmengine.model import initialize
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model,
+                         resolve_pretrained_cfg)
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..compat import parse_version
 from ..models import DualFormer
@@ -55,6 +56,8 @@ MODEL_ARCHS = {'dualformer_t': 't', 'dualformer_xs': 'xs', 'dualformer_s': 's',
 LAST_STAGE = DualFormer.num_stages - 1
 #: The classifier's init (configs/_base_/models/dualformer_cls.py, ``head.init_cfg``).
 HEAD_INIT_CFG = dict(type='TruncNormal', layer='Linear', std=.02, bias=0.)
+# The norms norm_cfg builds: BN and its synchronised variants, GN, LN/LN2d (LayerNorm2d).
+NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
 NO_WEIGHTS_MESSAGE = (
     'No pretrained DualFormer weights are published yet, so {name} has none to load '
     '(pretrained=True). Create it with pretrained=False, or load a checkpoint trained with '
@@ -99,7 +102,7 @@ class DualFormerTimm(nn.Module):
             backbone's ``out_indices``; the last stage always has one. Defaults to ``(3, )``,
             the classifier; ``features_only`` models get their ``out_indices``.
         **backbone_kwargs: Further :class:`~dualformer_mm.DualFormer` arguments
-            (``norm_cfg``, ``with_cp``, ``intra``, ...).
+            (``norm_cfg``, ``with_cp``, ``block_cfg``, ``attn_cfg``, ...).
 
     Example:
         >>> model = DualFormerTimm('t', num_classes=5).eval()
@@ -107,6 +110,10 @@ class DualFormerTimm(nn.Module):
         torch.Size([2, 5])
         >>> model.forward_features(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 320, 2, 2])
+        >>> model = DualFormerTimm('t', num_classes=5, norm_cfg=dict(type='LN2d'),
+        ...                        attn_cfg=dict(intra='token'))
+        >>> model.backbone.attn_cfg.intra, type(model.backbone.norm3).__name__
+        ('token', 'LayerNorm2d')
     """
 
     def __init__(self,
@@ -252,6 +259,68 @@ class DualFormerTimm(nn.Module):
         if prune_head or last < LAST_STAGE:
             self.reset_classifier(0, '')
         return list(take)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """The layers of timm's layer-wise learning-rate decay.
+
+        ``timm.optim.create_optimizer_v2(model, ..., layer_decay=r)`` scales each layer's
+        learning rate by ``r ** (last - layer)`` over the layers these regular expressions
+        give: the stem first, then every block (or every stage with ``coarse=True``), a
+        stage's downsampling in the layer of the stage's first block. The output norms and
+        the classifier match none and come last, with the full learning rate. These are the
+        depths :meth:`DualFormer.get_layer_depth <dualformer_mm.models.DualFormer.get_layer_depth>`
+        gives mmpretrain's layer-decay constructor.
+
+        Args:
+            coarse (bool): One layer per stage instead of one per block. Defaults to False.
+
+        Returns:
+            dict: timm's group matcher, ``stem`` and ``blocks`` patterns of parameter names.
+
+        Example:
+            >>> from timm.models import group_parameters
+            >>> model = DualFormerTimm('t', num_classes=5)
+            >>> layers = group_parameters(model, model.group_matcher(), reverse=True)
+            >>> [layers[name] for name in ('backbone.stem.0.conv.weight',
+            ...                            'backbone.stages.0.blocks.0.proj.weight',
+            ...                            'backbone.stages.3.blocks.1.proj.weight',
+            ...                            'head.fc.weight')]
+            [0, 1, 10, 11]
+        """
+        return dict(
+            stem=r'^backbone\.stem\.',
+            blocks=r'^backbone\.stages\.(\d+)\.' if coarse else [
+                # Ordinal (stage, 0): the layer of the stage's first block.
+                (r'^backbone\.stages\.(\d+)\.downsample\.', (0, )),
+                (r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.', None),
+            ])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """The parameters timm's optimizers train without weight decay.
+
+        Every parameter of a norm layer and every bias, as the recipe of
+        ``configs/mmpretrain`` excludes them (``norm_decay_mult=0``, ``bias_decay_mult=0``).
+        timm's rule for 1-D parameters excludes the same ones; naming them keeps them
+        excluded with ``filter_bias_and_bn=False`` too. DualFormer has no positional or
+        relative-position parameters: the LSH hyperplanes are buffers, never trained.
+
+        Returns:
+            set[str]: Parameter names.
+
+        Example:
+            >>> names = DualFormerTimm('t', num_classes=5).no_weight_decay()
+            >>> sorted(n for n in names if n.startswith('backbone.stem.'))
+            ['backbone.stem.0.norm.bias', 'backbone.stem.0.norm.weight', \
+'backbone.stem.1.norm.bias', 'backbone.stem.1.norm.weight']
+        """
+        names = set()
+        for module_name, module in self.named_modules():
+            for name, _ in module.named_parameters(recurse=False):
+                if name == 'bias' or isinstance(module, NORM_LAYERS):
+                    names.add(f'{module_name}.{name}' if module_name else name)
+        return names
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -24,7 +24,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from PIL import Image
 
-from dualformer_mm.models.backbones.dualformer import DualFormer, PartitionAttention
+from dualformer_mm.models import DualFormer, PartitionAttention
 from dualformer_mm.utils.complexity import build_model_from_cfg
 
 # ImageNet mean and std (RGB, 0-255), used when a config names no data preprocessor.

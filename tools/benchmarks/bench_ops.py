@@ -40,7 +40,7 @@ from torch import Tensor
 from benchlib.measure import time_interleaved
 from benchlib.options import Settings
 from dualformer_mm import DualFormer, ops
-from dualformer_mm.models.backbones.dualformer import PartitionAttention
+from dualformer_mm.models import PartitionAttention
 
 # name -> (batch, image height, image width); stage 1 is stride 4, MHPA downsamples by 4.
 SHAPES = {'224x224 b32': (32, 224, 224), '800x1280 b1': (1, 800, 1280)}

@@ -1,7 +1,3 @@
-from .dualformer import (AttentionConfig, BlockConfig, DualAttentionBlock, DualFormer, MBConv,
-                         PartitionAttention)
+from .dualformer import DualAttentionBlock, DualFormer
 
-__all__ = [
-    'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'AttentionConfig',
-    'BlockConfig'
-]
+__all__ = ['DualFormer', 'DualAttentionBlock']

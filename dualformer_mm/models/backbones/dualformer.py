@@ -1,13 +1,14 @@
 # Copyright (c) dualformer-mm contributors.
 """DualFormer backbone.
 
-Implements "Dual Path Transformer with Partition Attention" (DualFormer):
-section 3.1 (overall architecture, Table 1 sizes), section 3.2 (Multi-Head Partition
-Attention: partition generator, intra- and inter-partition attention, global-to-local
-aggregation, channel to spatial) and section 3.3 (the Dual Attention Block). Where the
-paper is ambiguous, the choices are written in ``docs/architecture.md``; the options that
-switch between readings and the ablations of Tables 5 and 6 are the fields of
-:class:`BlockConfig` and :class:`AttentionConfig`.
+Implements "Dual Path Transformer with Partition Attention" (DualFormer): section 3.1 (overall
+architecture, Table 1 sizes) and section 3.3 (the Dual Attention Block), read here as Block ->
+Stage -> Backbone. The block's parts have their own files in ``dualformer_mm/models/utils``:
+Multi-Head Partition Attention of section 3.2 (:class:`~dualformer_mm.models.PartitionAttention`),
+the local branch (:class:`~dualformer_mm.models.MBConv`) and the options that switch between
+readings of the paper and the ablations of Tables 5 and 6
+(:class:`~dualformer_mm.models.BlockConfig`, :class:`~dualformer_mm.models.AttentionConfig`).
+Where the paper is ambiguous, the choices are written in ``docs/architecture.md``.
 
 One copy of the model serves mmpretrain, mmdet and mmseg: it is registered in mmengine's
 root ``MODELS`` registry, which the three toolboxes' registries search.
@@ -15,13 +16,10 @@ root ``MODELS`` registry, which the three toolboxes' registries search.
 import dataclasses
 import logging
 import math
-from collections import OrderedDict
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, ModuleList, Sequential
@@ -29,8 +27,9 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dualformer_mm import compat, ops
+from dualformer_mm import compat
 from ..layers import FFN, build_norm2d, checkpoint_keeping_statistics
+from ..utils import AttentionConfig, BlockConfig, MBConv, PartitionAttention, conv_norm_act
 
 # TruncNormal(0.02) for every conv and linear, identity norms, as ConvNeXt and Swin
 # initialise; the convs are plain nn.Conv2d (no mmcv ConvModule, whose own init_weights would
@@ -39,396 +38,8 @@ DEFAULT_INIT_CFG = [
     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
     dict(type='Constant', layer=['_BatchNorm', 'GroupNorm', 'LayerNorm'], val=1., bias=0.),
 ]
-NAN_INPUT_MESSAGE = ('DualFormer input contains NaN or Inf values; check the data pipeline '
-                     'and normalisation')
-
-
-class _OptionConfig:
-    """Base of the option dataclasses: built from a partial dict, checked in one place."""
-
-    # The argument name users write (``'attn_cfg'``) and the accepted values of each option
-    # that takes one of a few names.
-    arg_name: ClassVar[str] = ''
-    choices: ClassVar[Dict[str, Tuple[str, ...]]] = {}
-
-    @classmethod
-    def build(cls, cfg: Union[None, Mapping[str, Any], '_OptionConfig']) -> Any:
-        """The config of ``cfg``: None gives the defaults, a dict overrides some of them."""
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, cls):
-            return cfg
-        if not isinstance(cfg, Mapping):
-            raise TypeError(f'{cls.arg_name} must be a dict or {cls.__name__}, '
-                            f'got {type(cfg).__name__}')
-        accepted = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(cfg) - set(accepted))
-        if unknown:
-            raise ValueError(f'{cls.arg_name} has no option {", ".join(map(repr, unknown))}; '
-                             f'the options are {accepted}')
-        return cls(**cfg)
-
-    def _check_choices(self) -> None:
-        for name, accepted in self.choices.items():
-            value = getattr(self, name)
-            if value not in accepted:
-                raise ValueError(f'{self.arg_name}[{name!r}] must be one of {accepted}, '
-                                 f'got {value!r}')
-
-    def _check_bool(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(f'{self.arg_name}[{name!r}] must be True or False, '
-                                 f'got {value!r}')
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionConfig(_OptionConfig):
-    """Options of Multi-Head Partition Attention, the same in every block (section 3.2).
-
-    Given to :class:`DualFormer` as ``attn_cfg=dict(...)`` (any subset of the fields) and
-    passed down whole to every :class:`PartitionAttention`. ``docs/architecture.md`` quotes
-    the paper for each reading.
-
-    Attributes:
-        partition (str): Partition generator: ``'lsh'``, random hyperplanes (eqs. 4-5), or
-            ``'kmeans'`` (Table 6). Defaults to ``'lsh'``.
-        kmeans_iters (int): Lloyd iterations of ``'kmeans'``. Defaults to 3.
-        intra (str): Reading of intra-partition attention (eqs. 6-7): ``'pool'``, one
-            softmax-pooled proxy feature per partition scattered back to its tokens, or
-            ``'token'``, each token's transformed feature scaled by its softmax weight.
-            Defaults to ``'pool'``.
-        use_intra (bool): Intra-partition attention (Table 5 "Intra"). Defaults to True.
-        use_inter (bool): Inter-partition attention (Table 5 "Inter"). Defaults to True.
-        inter_importance (str): Reading of the importance coefficients of eq. 9:
-            ``'partition'``, each partition's coefficient from its own descriptor by an MLP
-            shared by the partitions, or ``'joint'``, all coefficients of a head from all its
-            descriptors at once (SENet's excitation). Defaults to ``'partition'``.
-
-    Example:
-        >>> AttentionConfig.build(dict(intra='token'))
-        AttentionConfig(partition='lsh', kmeans_iters=3, intra='token', use_intra=True, \
-use_inter=True, inter_importance='partition')
-    """
-
-    arg_name: ClassVar[str] = 'attn_cfg'
-    choices: ClassVar[Dict[str, Tuple[str, ...]]] = {
-        'partition': ('lsh', 'kmeans'),
-        'intra': ('pool', 'token'),
-        'inter_importance': ('partition', 'joint'),
-    }
-
-    partition: str = 'lsh'
-    kmeans_iters: int = 3
-    intra: str = 'pool'
-    use_intra: bool = True
-    use_inter: bool = True
-    inter_importance: str = 'partition'
-
-    def __post_init__(self) -> None:
-        self._check_choices()
-        self._check_bool('use_intra', 'use_inter')
-        if not (self.use_intra or self.use_inter):
-            raise ValueError(f"{self.arg_name}: at least one of 'use_intra' and 'use_inter' "
-                             'must be True')
-        if isinstance(self.kmeans_iters, bool) or not isinstance(self.kmeans_iters, int) \
-                or self.kmeans_iters < 1:
-            raise ValueError(f"{self.arg_name}['kmeans_iters'] must be an int >= 1, "
-                             f'got {self.kmeans_iters!r}')
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockConfig(_OptionConfig):
-    """Options of the Dual Attention Block, the same in every block (section 3.3).
-
-    Given to :class:`DualFormer` as ``block_cfg=dict(...)`` (any subset of the fields) and
-    passed down whole to every :class:`DualAttentionBlock`.
-
-    Attributes:
-        mode (str): ``'parallel'``, the paper's dual path (the channels split between the
-            local branch and MHPA), or ``'serial'``, the local branch then MHPA on all
-            channels (Table 5 "Parallel"). Defaults to ``'parallel'``.
-        conv_ratio (float): Share of the channels given to the local branch in parallel
-            mode. Defaults to 0.5.
-        local_branch (str): The convolution branch (Table 5 "Depth-wise"): ``'mbconv'``, a
-            1x1 conv then a depth-wise 3x3 conv; ``'pointwise'``, the 1x1 conv alone; or
-            ``'none'``, no convolution branch: MHPA takes all channels, in either mode (so
-            ``mode`` and ``conv_ratio`` make no difference). Defaults to ``'mbconv'``.
-
-    Example:
-        >>> BlockConfig.build(dict(mode='serial'))
-        BlockConfig(mode='serial', conv_ratio=0.5, local_branch='mbconv')
-    """
-
-    arg_name: ClassVar[str] = 'block_cfg'
-    choices: ClassVar[Dict[str, Tuple[str, ...]]] = {
-        'mode': ('parallel', 'serial'),
-        'local_branch': ('mbconv', 'pointwise', 'none'),
-    }
-
-    mode: str = 'parallel'
-    conv_ratio: float = 0.5
-    local_branch: str = 'mbconv'
-
-    def __post_init__(self) -> None:
-        self._check_choices()
-        if isinstance(self.conv_ratio, bool) or not isinstance(self.conv_ratio, (int, float)) \
-                or not 0 < self.conv_ratio < 1:
-            raise ValueError(f"{self.arg_name}['conv_ratio'] must be a number in (0, 1), "
-                             f'got {self.conv_ratio!r}')
-
-
-def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                  padding: int = 0, groups: int = 1, norm_cfg: Optional[Dict] = None,
-                  act_cfg: Optional[Dict] = None) -> Sequential:
-    """A conv (no bias when a norm follows), an optional norm and an optional activation.
-
-    The children are named ``conv``, ``norm`` and ``act`` (state dict keys such as
-    ``stem.0.conv.weight``).
-
-    Args:
-        in_channels (int): Input channels.
-        out_channels (int): Output channels.
-        kernel_size (int): Square kernel size.
-        stride (int): Stride. Defaults to 1.
-        padding (int): Zero padding. Defaults to 0.
-        groups (int): Conv groups (``in_channels`` for a depth-wise conv). Defaults to 1.
-        norm_cfg (dict, optional): Norm config (see :func:`build_norm2d`). Defaults to None.
-        act_cfg (dict, optional): Activation config. Defaults to None.
-
-    Returns:
-        Sequential: The layers.
-
-    Example:
-        >>> layer = conv_norm_act(3, 8, 3, stride=2, padding=1, norm_cfg=dict(type='BN'),
-        ...                       act_cfg=dict(type='GELU'))
-        >>> list(dict(layer.named_children()))
-        ['conv', 'norm', 'act']
-        >>> layer(torch.rand(1, 3, 9, 9)).shape
-        torch.Size([1, 8, 5, 5])
-    """
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                     groups=groups, bias=norm_cfg is None)
-    layers = OrderedDict(conv=conv)
-    if norm_cfg is not None:
-        layers['norm'] = build_norm2d(norm_cfg, out_channels)[1]
-    if act_cfg is not None:
-        layers['act'] = build_activation_layer(act_cfg)
-    return Sequential(layers)
-
-
-class PartitionAttention(BaseModule):
-    """Multi-Head Partition Attention (MHPA), section 3.2.
-
-    Depth-wise stride-``k`` downsampling, a partition generator per head (LSH by random
-    hyperplanes, or K-Means), intra-partition attention (eqs. 6-7), inter-partition attention
-    (mean partition descriptors weighted by SE-style importance normalised over partitions,
-    eqs. 8-9), global-to-local aggregation (scatter back, concatenate, linear) and, when
-    ``k > 1``, channel-to-spatial recovery (1x1 conv to ``C*k*k`` channels, pixel shuffle),
-    with a skip connection. At ``k = 1`` nothing was downsampled and the aggregation's output
-    is used as it is.
-
-    The readings of the paper's equations are options of ``attn_cfg``
-    (:class:`AttentionConfig`); ``docs/architecture.md`` quotes the equations:
-
-    * ``intra='pool'``: the softmax weights of eq. 6 pool each partition's transformed
-      features into one proxy feature, which is scattered back to the partition's tokens
-      with the inter-partition feature. ``intra='token'``: each token keeps its own
-      transformed feature scaled by its softmax weight within its partition,
-      ``x_i^intra = w_i * x~_i`` (eq. 7 per token); only the inter-partition feature is
-      scattered back.
-    * ``inter_importance='partition'``: ``m_k = sigmoid(MLP(g_k))`` from partition ``k``'s
-      own descriptor. ``inter_importance='joint'``: ``m = sigmoid(MLP([g_1, ..., g_K]))``,
-      every coefficient of a head from all of its ``K`` descriptors.
-
-    Args:
-        dims (int): Channels in and out.
-        num_heads (int): Heads; each head partitions its own ``dims // num_heads`` channels.
-        num_partitions (int): Partitions per head. A power of two for LSH. Defaults to 8.
-        sr_ratio (int): Downsampling rate ``k`` of the depth-wise stride conv. Defaults to 1.
-        attn_cfg (dict | AttentionConfig, optional): Options (:class:`AttentionConfig`);
-            None or missing keys take the defaults. Defaults to None.
-        norm_cfg (dict): Norm after the downsampling conv. Defaults to ``dict(type='BN')``.
-        init_cfg (dict, optional): Initialization config. Defaults to None.
-
-    Example:
-        >>> attn = PartitionAttention(dims=64, num_heads=2, num_partitions=8, sr_ratio=2)
-        >>> attn(torch.rand(2, 64, 15, 17)).shape
-        torch.Size([2, 64, 15, 17])
-        >>> attn = PartitionAttention(32, 1, attn_cfg=dict(intra='token',
-        ...                                                inter_importance='joint'))
-        >>> attn(torch.rand(1, 32, 6, 6)).shape
-        torch.Size([1, 32, 6, 6])
-    """
-
-    def __init__(self,
-                 dims: int,
-                 num_heads: int,
-                 num_partitions: int = 8,
-                 sr_ratio: int = 1,
-                 attn_cfg: Union[None, Dict, AttentionConfig] = None,
-                 norm_cfg: Dict = dict(type='BN'),
-                 init_cfg: Optional[Dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        cfg = AttentionConfig.build(attn_cfg)
-        if dims % num_heads != 0:
-            raise ValueError(f'dims ({dims}) must be divisible by num_heads ({num_heads})')
-        if cfg.partition == 'lsh' and (num_partitions < 2
-                                       or num_partitions & (num_partitions - 1)):
-            raise ValueError('num_partitions must be a power of two >= 2 for LSH, '
-                             f'got {num_partitions}')
-        if sr_ratio < 1:
-            raise ValueError(f'sr_ratio must be >= 1, got {sr_ratio}')
-        self.cfg = cfg
-        self.dims = dims
-        self.num_heads = num_heads
-        self.head_dims = dims // num_heads
-        self.num_partitions = num_partitions
-        self.sr_ratio = sr_ratio
-
-        if sr_ratio > 1:
-            self.down = conv_norm_act(dims, dims, sr_ratio, stride=sr_ratio, groups=dims,
-                                      norm_cfg=norm_cfg)
-        else:
-            self.down = nn.Identity()
-        # The "lightweight linear layer" that gives the transformed features x~ (eq. 7).
-        self.value = nn.Linear(dims, dims)
-        if cfg.partition == 'lsh':
-            # Planes are buffers, not parameters: saved in checkpoints, so a loaded model
-            # reproduces its partitions, and never trained (eq. 4 uses pre-defined normals).
-            bits = int(math.log2(num_partitions))
-            self.register_buffer('planes', torch.randn(num_heads, self.head_dims, bits))
-        if cfg.use_inter:
-            # SE-style importance coefficients of the partitions (eq. 9), shared by the heads.
-            # Both readings have the same bottleneck; they differ in what the first layer sees
-            # (one descriptor, or the K of a head) and what the last predicts (1, or K).
-            hidden = max(self.head_dims // 4, 8)
-            if cfg.inter_importance == 'partition':
-                self.importance = nn.Sequential(
-                    nn.Linear(self.head_dims, hidden), nn.GELU(), nn.Linear(hidden, 1))
-            else:
-                self.importance = nn.Sequential(
-                    nn.Linear(num_partitions * self.head_dims, hidden), nn.GELU(),
-                    nn.Linear(hidden, num_partitions))
-        num_paths = int(cfg.use_intra) + int(cfg.use_inter)
-        self.aggregate = nn.Linear(num_paths * dims, dims)
-        # Channel to spatial undoes the downsampling; at k = 1 there is none to undo, and a
-        # 1x1 conv there would be a third linear map between `aggregate` and the block's proj.
-        self.to_spatial = nn.Conv2d(dims, dims * sr_ratio * sr_ratio, 1) if sr_ratio > 1 \
-            else nn.Identity()
-        # The fused ops' extension is imported here, not on the first forward, where
-        # torch.compile would trace the import and the backend state it sets.
-        ops.prepare_backend()
-
-    def partition_codes(self, tokens: Tensor) -> Tensor:
-        """Partition code of every token and head: (B, heads, n, d) -> (B, heads, n)."""
-        with torch.no_grad():
-            if self.cfg.partition == 'lsh':
-                return ops.lsh_hash(tokens, self.planes)
-            batch, heads, n, d = tokens.shape
-            codes = ops.kmeans_assign(
-                tokens.reshape(batch * heads, n, d), self.num_partitions, self.cfg.kmeans_iters)
-            return codes.view(batch, heads, n)
-
-    def partition_importance(self, desc: Tensor, counts: Tensor) -> Tensor:
-        """Importance of each partition (eq. 9): (G, K, d) descriptors -> (G, K) weights.
-
-        SE-style coefficients ``sigmoid(FC(GELU(FC(.))))`` of each partition's descriptor
-        (``'partition'``) or of the ``K`` descriptors of the group flattened (``'joint'``),
-        normalised to sum to one over the non-empty partitions of each group; an empty
-        partition gets weight 0.
-        """
-        if self.cfg.inter_importance == 'partition':
-            logits = self.importance(desc).squeeze(-1)
-        else:
-            logits = self.importance(desc.flatten(1))  # (G, K, d) -> (G, K*d) -> (G, K)
-        importance = torch.sigmoid(logits)
-        importance = importance * (counts > 0).to(importance.dtype)
-        return importance / importance.sum(-1, keepdim=True).clamp(min=1e-6)
-
-    def inter_features(self, values: Tensor, codes: Tensor) -> Tensor:
-        """Inter-partition features (eqs. 8-9): (G, n, d) values -> (G, K, d), the mean
-        descriptor of each partition times its :meth:`partition_importance`."""
-        desc, counts = ops.partition_mean(values, codes, self.num_partitions)
-        return desc * self.partition_importance(desc, counts).unsqueeze(-1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, channels, height, width = x.shape
-        k = self.sr_ratio
-        pad_h, pad_w = (-height) % k, (-width) % k
-        z = self.down(F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x)
-        h, w = z.shape[-2:]
-        n = h * w
-        tokens = z.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, n, C)
-        values = self.value(tokens)
-        heads, d = self.num_heads, self.head_dims
-        # (B, n, C) -> (B, heads, n, d): each head partitions its own channels.
-        tokens = tokens.view(batch, n, heads, d).transpose(1, 2)
-        values = values.view(batch, n, heads, d).transpose(1, 2)
-        codes = self.partition_codes(tokens).reshape(batch * heads, n)
-        tokens = tokens.reshape(batch * heads, n, d)
-        values = values.reshape(batch * heads, n, d)
-
-        per_token: List[Tensor] = []  # (G, n, d) features of the tokens themselves
-        pooled: List[Tensor] = []  # (G, K, d) partition features, scattered back below
-        if self.cfg.use_intra and self.cfg.intra == 'pool':
-            # Eqs. 6-7 pooled: per-channel softmax of the input over the partition weights the
-            # transformed features into one proxy feature per partition.
-            pooled.append(ops.partition_softmax_pool(tokens, values, codes, self.num_partitions))
-        elif self.cfg.use_intra:
-            # Eqs. 6-7 per token: each token's transformed feature times its softmax weight.
-            weights = ops.partition_softmax(tokens, codes, self.num_partitions)
-            per_token.append(weights * values.to(weights.dtype))
-        if self.cfg.use_inter:
-            pooled.append(self.inter_features(values, codes))
-        if pooled:
-            # Global to local: the partition features go back to the tokens in one gather.
-            # Concatenating the (G, K, d) pooled features first is exactly the concatenation
-            # of the gathered (G, n, d) maps, with K << n rows to copy.
-            per_token.append(ops.partition_distribute(
-                torch.cat(pooled, dim=-1) if len(pooled) > 1 else pooled[0], codes))
-        y = torch.cat(per_token, dim=-1) if len(per_token) > 1 else per_token[0]
-        # (B*heads, n, paths*d) -> (B, n, heads*paths*d)
-        y = y.view(batch, heads, n, -1).transpose(1, 2).reshape(batch, n, -1)
-        y = self.aggregate(y).transpose(1, 2).reshape(batch, channels, h, w)
-        if k > 1:
-            # Channel to spatial: (B, C, h, w) -> (B, C*k*k, h, w) -> (B, C, h*k, w*k).
-            y = F.pixel_shuffle(self.to_spatial(y), k)[:, :, :height, :width]
-        return x + y
-
-
-class MBConv(BaseModule):
-    """Local branch of the Dual Attention Block: 1x1 conv then depth-wise 3x3 conv.
-
-    Args:
-        dims (int): Channels in and out.
-        use_dwconv (bool): Keep the depth-wise conv; without it the branch is the 1x1 conv
-            alone (``block_cfg=dict(local_branch='pointwise')``). Defaults to True.
-        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
-        act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
-        init_cfg (dict, optional): Initialization config. Defaults to None.
-
-    Example:
-        >>> MBConv(32)(torch.rand(1, 32, 7, 9)).shape
-        torch.Size([1, 32, 7, 9])
-    """
-
-    def __init__(self,
-                 dims: int,
-                 use_dwconv: bool = True,
-                 norm_cfg: Dict = dict(type='BN'),
-                 act_cfg: Dict = dict(type='GELU'),
-                 init_cfg: Optional[Dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        layers = [conv_norm_act(dims, dims, 1, norm_cfg=norm_cfg, act_cfg=act_cfg)]
-        if use_dwconv:
-            layers.append(conv_norm_act(dims, dims, 3, padding=1, groups=dims,
-                                        norm_cfg=norm_cfg, act_cfg=act_cfg))
-        self.layers = Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+#: The values of DualFormer's ``check_finite``: which inputs are checked for NaN and Inf.
+CHECK_FINITE_MODES = ('cpu', 'all', 'off')
 
 
 class DualAttentionBlock(BaseModule):
@@ -447,10 +58,11 @@ class DualAttentionBlock(BaseModule):
         sr_ratio (int): MHPA downsampling rate ``k``.
         num_partitions (int): Partitions per head.
         drop_path (float): Stochastic depth rate. Defaults to 0.
-        block_cfg (dict | BlockConfig, optional): Block options (:class:`BlockConfig`).
-            Defaults to None (the paper's parallel block with MBConv).
-        attn_cfg (dict | AttentionConfig, optional): MHPA options (:class:`AttentionConfig`).
-            Defaults to None.
+        block_cfg (dict | BlockConfig, optional): Block options
+            (:class:`~dualformer_mm.models.BlockConfig`). Defaults to None (the paper's
+            parallel block with MBConv).
+        attn_cfg (dict | AttentionConfig, optional): MHPA options
+            (:class:`~dualformer_mm.models.AttentionConfig`). Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
         with_cp (bool): Gradient checkpointing. The re-run of the forward in the backward
@@ -619,19 +231,28 @@ class DualFormer(BaseModule):
         num_partitions (Sequence[int]): Partitions per head, per stage. Defaults to
             ``(8, 8, 8, 8)``.
         block_cfg (dict | BlockConfig, optional): Options of every Dual Attention Block
-            (:class:`BlockConfig`): ``mode`` (``'parallel'`` or ``'serial'``, Table 5),
-            ``conv_ratio`` and ``local_branch`` (``'mbconv'``, ``'pointwise'`` or ``'none'``,
-            Table 5 "Depth-wise"). Missing keys take the defaults, the paper's block.
-            Defaults to None.
+            (:class:`~dualformer_mm.models.BlockConfig`): ``mode`` (``'parallel'`` or
+            ``'serial'``, Table 5), ``conv_ratio`` and ``local_branch`` (``'mbconv'``,
+            ``'pointwise'`` or ``'none'``, Table 5 "Depth-wise"). Missing keys take the
+            defaults, the paper's block. Defaults to None.
         attn_cfg (dict | AttentionConfig, optional): Options of every MHPA
-            (:class:`AttentionConfig`): ``partition`` (``'lsh'`` or ``'kmeans'``, Table 6),
-            ``kmeans_iters``, ``intra`` (``'pool'`` or ``'token'``, eqs. 6-7), ``use_intra``
-            and ``use_inter`` (Table 5), ``inter_importance`` (``'partition'`` or
-            ``'joint'``, eq. 9). Missing keys take the defaults. Defaults to None.
+            (:class:`~dualformer_mm.models.AttentionConfig`): ``partition`` (``'lsh'`` or
+            ``'kmeans'``, Table 6), ``kmeans_iters``, ``intra`` (``'pool'`` or ``'token'``,
+            eqs. 6-7), ``use_intra`` and ``use_inter`` (Table 5), ``inter_importance``
+            (``'partition'`` or ``'joint'``, eq. 9). Missing keys take the defaults.
+            Defaults to None.
         norm_cfg (dict): Norm config of every norm layer: ``'BN'``, ``'SyncBN'``, ``'GN'``
             (e.g. ``dict(type='GN', num_groups=1)``), ``'LN'``/``'LN2d'`` (LayerNorm over the
             channels of each pixel) or any other mmcv norm. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to ``dict(type='GELU')``.
+        check_finite (str): Which inputs are checked for NaN and Inf values before the
+            stem: ``'cpu'``, inputs on the CPU; ``'all'``, inputs on every device; ``'off'``,
+            none. A failed check raises a ``ValueError`` naming the batch indices of the
+            images with such values (``non_finite_images``). On a GPU the host has to
+            wait for the answer, one synchronisation per forward, and the check cannot be
+            captured in a CUDA graph, so ``'cpu'`` leaves GPU inputs unchecked; ``'all'``
+            is for finding a bad image or data pipeline. The check is skipped while tracing
+            (ONNX export, FLOP counting) or compiling. Defaults to ``'cpu'``.
         channels_last (bool): Run the network in the channels-last (NHWC) memory layout:
             the input is converted once, every layer keeps the layout, and the outputs are
             converted back to contiguous NCHW (one copy each). oneDNN runs the 1x1 and
@@ -684,6 +305,12 @@ class DualFormer(BaseModule):
         }),
     }
     num_stages = 4
+    # The layout of the state dict, saved in its metadata; _load_from_state_dict reads the
+    # older ones. 1: the norm of each conv-norm pair named after its type as mmcv's
+    # ConvModule names it ('stem.0.bn.weight'), the FFN's convs 'ffn.0' and 'ffn.2', and a
+    # 1x1 conv 'to_spatial' in MHPA at k = 1 too. 2: 'stem.0.norm.weight', 'ffn.fc1',
+    # 'ffn.fc2', no conv after the aggregation at k = 1.
+    _version = 2
 
     def __init__(self,
                  arch: Union[str, Dict] = 't',
@@ -699,6 +326,7 @@ class DualFormer(BaseModule):
                  attn_cfg: Union[None, Dict, AttentionConfig] = None,
                  norm_cfg: Dict = dict(type='BN'),
                  act_cfg: Dict = dict(type='GELU'),
+                 check_finite: str = 'cpu',
                  channels_last: bool = True,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = DEFAULT_INIT_CFG,
                  **kwargs) -> None:
@@ -726,6 +354,10 @@ class DualFormer(BaseModule):
             raise ValueError(f'frozen_stages must be in -1..{self.num_stages}, got {frozen_stages}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        if check_finite not in CHECK_FINITE_MODES:
+            raise ValueError(f'check_finite must be one of {CHECK_FINITE_MODES}, '
+                             f'got {check_finite!r}')
+        self.check_finite = check_finite
         self.channels_last = channels_last
         self.channels = list(channels)
 
@@ -761,7 +393,7 @@ class DualFormer(BaseModule):
 
     @staticmethod
     def _refuse_unknown_arguments(kwargs: Dict) -> None:
-        """Name the config an option of :class:`BlockConfig` or :class:`AttentionConfig`
+        """Name the config an option of ``BlockConfig`` or ``AttentionConfig``
         belongs to when it is passed to the backbone itself."""
         for name in kwargs:
             if name == 'use_dwconv':
@@ -828,6 +460,83 @@ class DualFormer(BaseModule):
                     module.eval()
         return self
 
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """The depth of a parameter, for layer-wise learning-rate decay.
+
+        mmpretrain's ``LearningRateDecayOptimWrapperConstructor`` scales the learning rate of
+        a parameter at depth ``d`` by ``layer_decay_rate ** (num_layers - 1 - d)``, asking the
+        classifier, which asks its backbone with ``prefix='backbone.'``. The depths follow the
+        network: the stem is 0; block ``j`` of stage ``i`` is ``sum(depths[:i]) + j + 1``; a
+        stage's downsampling conv and its norm run right before the stage's first block and
+        take that block's depth, as Swin's take the depth of the block next to them in their
+        stage (Swin downsamples at the end of a stage, DualFormer at the start); the output
+        norms, and every parameter outside the backbone (neck, head), take the top depth
+        ``num_layers - 1``, as Swin's output norms do. ``num_layers`` is the number of blocks
+        plus 2.
+
+        Args:
+            param_name (str): The name of a parameter of the model that holds the backbone.
+            prefix (str): The backbone's prefix in that model (``'backbone.'`` in a
+                classifier). Defaults to ``''``.
+
+        Returns:
+            tuple[int, int]: The parameter's depth and ``num_layers``.
+
+        Example:
+            >>> model = DualFormer(arch='t')  # 2 + 2 + 4 + 2 blocks: 12 depths
+            >>> model.get_layer_depth('backbone.stem.0.conv.weight', 'backbone.')
+            (0, 12)
+            >>> model.get_layer_depth('stages.1.downsample.conv.weight')
+            (3, 12)
+            >>> model.get_layer_depth('stages.1.blocks.0.proj.weight')
+            (3, 12)
+            >>> model.get_layer_depth('head.fc.weight', 'backbone.')
+            (11, 12)
+        """
+        depths = self.arch_settings['depths']
+        num_layers = sum(depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] == 'stem':
+            return 0, num_layers
+        if parts[0] == 'stages':
+            stage = int(parts[1])
+            first_block = sum(depths[:stage]) + 1
+            if parts[2] == 'blocks':
+                return first_block + int(parts[3]), num_layers
+            return first_block, num_layers  # the stage's downsampling
+        return num_layers - 1, num_layers
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str,
+                              local_metadata: Dict, *args: Any, **kwargs: Any) -> None:
+        version = local_metadata.get('version')
+        if version is not None and version > self._version:
+            raise RuntimeError(
+                f'The DualFormer state dict under {prefix!r} has layout version {version}; '
+                f'this dualformer-mm reads versions up to {self._version}. Load it with the '
+                'dualformer-mm that saved it, or a newer one')
+        if version is None or version < 2:
+            # Every checkpoint saved before the version was recorded says 1 (nn.Module's
+            # default), in either layout, and one without metadata says nothing: layout 1 is
+            # recognised by its keys, and the keys of layout 2 are left as they are.
+            self._upgrade_layout_1(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+    def _upgrade_layout_1(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
+        """Rewrite the keys of state-dict layout 1 (see ``_version``) in place."""
+        for name, module in self.named_modules():
+            at = f'{prefix}{name}.' if name else prefix
+            if isinstance(module, nn.Sequential) and {'conv', 'norm'} <= set(module._modules):
+                # A conv_norm_act; mmcv's ConvModule named the norm 'bn', 'gn', 'ln' or 'in'.
+                for old in ('bn', 'gn', 'ln', 'in'):
+                    _rename_keys(state_dict, f'{at}{old}.', f'{at}norm.')
+            elif isinstance(module, FFN):
+                _rename_keys(state_dict, f'{at}0.', f'{at}fc1.')
+                _rename_keys(state_dict, f'{at}2.', f'{at}fc2.')
+            elif isinstance(module, PartitionAttention) and module.sr_ratio == 1:
+                _fold_into_aggregate(state_dict, at)
+
     def _check_batch_statistics(self, x: Tensor) -> None:
         """Name the cause when per-process BatchNorm would see one value per channel."""
         # Every strided conv halves with rounding up, so the last stage is ceil(H/32) x
@@ -845,25 +554,25 @@ class DualFormer(BaseModule):
                 "32x32 pixels, norm_eval=True, or a norm_cfg without batch statistics (e.g. "
                 "dict(type='GN', num_groups=1))")
 
-    @staticmethod
-    def _check_finite(x: Tensor) -> None:
+    def _check_finite(self, x: Tensor) -> None:
         """Refuse NaN/Inf input, which would otherwise come out as NaN features with no hint.
 
-        One reduction per eager forward, negligible next to the backbone. On CPU it raises a
-        ``ValueError`` at once. On other devices reading the answer would make the host wait
-        for the device in every forward (and break CUDA graph capture), so the check is a
-        device-side assert (``torch._assert_async``): a NaN input stops the run at its next
-        synchronisation with "CUDA error: device-side assert triggered" (run with
-        ``CUDA_LAUNCH_BLOCKING=1`` to see it raised at this forward). Skipped when tracing
-        (FLOP counting, ONNX) or compiling, where it would break the graph.
+        Which inputs are checked is ``check_finite``'s choice (see the class). The check is
+        one reduction and one value read on the host, negligible next to the backbone on a
+        CPU. Skipped when tracing (FLOP counting, ONNX) or compiling, where it would break
+        the graph.
         """
+        if self.check_finite == 'off' or (self.check_finite == 'cpu'
+                                          and x.device.type != 'cpu'):
+            return
         if torch.jit.is_tracing() or compat.is_compiling():
             return
-        finite = torch.isfinite(x).all()
-        if x.device.type != 'cpu':
-            torch._assert_async(finite, NAN_INPUT_MESSAGE)
-        elif not finite:
-            raise ValueError(NAN_INPUT_MESSAGE)
+        bad = non_finite_images(x)
+        if bad:
+            raise ValueError(
+                f'DualFormer input contains NaN or Inf values in {len(bad)} of '
+                f'{x.shape[0]} images, at batch indices {bad}; check the data pipeline and '
+                'normalisation')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -882,3 +591,55 @@ class DualFormer(BaseModule):
                 # strides (mmcv's CPU RoIAlign did, and Mask R-CNN's box AP fell to ~0).
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)
+
+
+def non_finite_images(x: Tensor) -> List[int]:
+    """The batch indices of the images of ``x`` that hold a NaN or an Inf value.
+
+    One flag is read on the host (on a GPU, the host waits for the device), and the indices
+    only when some image has such values.
+
+    Args:
+        x (Tensor): A batch, ``(N, ...)``.
+
+    Returns:
+        list[int]: The indices, in increasing order; empty when every value is finite.
+
+    Example:
+        >>> x = torch.zeros(4, 3, 2, 2)
+        >>> x[1, 0, 0, 0], x[3, 2, 1, 1] = float('nan'), float('-inf')
+        >>> non_finite_images(x), non_finite_images(x[:1])
+        ([1, 3], [])
+    """
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if bool(finite.all()):
+        return []
+    return (~finite).nonzero().flatten().tolist()
+
+
+def _rename_keys(state_dict: Dict[str, Tensor], old: str, new: str) -> None:
+    """Give every key that starts with ``old`` the start ``new`` instead, in place."""
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[new + key[len(old):]] = state_dict.pop(key)
+
+
+def _fold_into_aggregate(state_dict: Dict[str, Tensor], at: str) -> None:
+    """Fold the 1x1 conv ``to_spatial`` of a layout-1 MHPA at k = 1 into ``aggregate``.
+
+    There, ``to_spatial(aggregate(y))`` applied two linear maps to each token in turn, which
+    make one: ``W = W_s @ W_a`` and ``b = W_s @ b_a + b_s`` (computed in float64), so the
+    migrated MHPA computes what the old one did. Keys that do not fit are left for
+    ``load_state_dict`` to report.
+    """
+    keys = [f'{at}{name}' for name in ('to_spatial.weight', 'to_spatial.bias',
+                                        'aggregate.weight', 'aggregate.bias')]
+    if not all(key in state_dict for key in keys):
+        return
+    w_s, b_s, w_a, b_a = (state_dict[key] for key in keys)
+    channels = w_a.shape[0]
+    if w_s.shape != (channels, channels, 1, 1) or b_s.shape != b_a.shape:
+        return
+    w_s = w_s.flatten(1).double()  # (C, C, 1, 1) -> (C, C)
+    state_dict[keys[2]] = (w_s @ w_a.double()).to(w_a.dtype)
+    state_dict[keys[3]] = (w_s @ b_a.double() + b_s.double()).to(b_a.dtype)
+    del state_dict[keys[0]], state_dict[keys[1]]

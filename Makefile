@@ -49,7 +49,7 @@ test-full: $(STAMP)
 COMPAT_TESTS := tests/test_compat.py tests/test_checkpoint_safety.py tests/test_backbone.py \
 	tests/test_mhpa.py tests/test_layers.py tests/test_partition_ops.py \
 	tests/test_ops_partition_ext.py tests/test_ops_backend.py tests/test_autocast.py \
-	tests/test_numerics.py \
+	tests/test_numerics.py tests/test_metadata.py \
 	tests/test_install.py::test_rule_queries_the_installed_torch_by_default \
 	tests/test_install.py::test_setup_builds_cuda_only_with_a_cuda_torch_and_a_matching_nvcc \
 	tests/test_install.py::test_setup_without_toolkit_or_asked_for_cpu_says_why

@@ -22,6 +22,9 @@ torch is required to be installed first and inside the supported range, checked 
 pip resolves anything, so pip never installs, upgrades or downgrades it; mmcv is no
 requirement at all (an environment has mmcv or mmcv-lite; ``dualformer_mm.compat`` says which
 to install when neither is importable).
+
+The version and every supported version range come from ``dualformer_mm/version.py``, read by
+its path: importing the package would need torch, mmengine and mmcv.
 """
 import glob
 import importlib.util
@@ -33,23 +36,20 @@ from setuptools import find_packages, setup
 
 ROOT = osp.dirname(osp.abspath(__file__))
 CSRC = osp.join('dualformer_mm', 'ops', 'csrc')
-# The supported torch releases (dualformer_mm/compat.py: MIN_TORCH, MAX_TESTED_TORCH).
-MIN_TORCH, MAX_TORCH = (2, 1), (2, 15)
-TORCH_RANGE = '>=2.1,<2.16'
 
 
-def _load_cuda_config():
-    """``cuda_build.py`` beside this file, loaded by its path: a PEP 517 build does not always
-    put this folder on ``sys.path``."""
-    path = osp.join(ROOT, 'cuda_build.py')
-    spec = importlib.util.spec_from_file_location('dualformer_cuda_build', path)
+def _load_by_path(name: str, rel: str):
+    """A module of this checkout, loaded by its path: a PEP 517 build does not always put this
+    folder on ``sys.path``, and ``dualformer_mm/__init__.py`` imports torch, mmengine and mmcv."""
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, rel))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-cuda_config = _load_cuda_config()
+cuda_config = _load_by_path('dualformer_cuda_build', 'cuda_build.py')
+versions = _load_by_path('dualformer_version', osp.join('dualformer_mm', 'version.py'))
 
 
 def _log(msg: str) -> None:
@@ -66,13 +66,12 @@ def _extensions() -> list:
     except ImportError as err:
         raise RuntimeError(
             f'dualformer_mm compiles against the installed torch, and none is importable '
-            f'({err}): install torch {TORCH_RANGE} first, then `pip install '
+            f'({err}): install torch {versions.TORCH.specifier} first, then `pip install '
             '--no-build-isolation .` (an isolated build would not see it)') from err
-    found = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2])
-    if not MIN_TORCH <= found <= MAX_TORCH:
-        raise RuntimeError(f'dualformer_mm supports torch {TORCH_RANGE}, found torch '
-                           f'{torch.__version__}: install a supported torch first (this build '
-                           'never changes the installed one)')
+    if not versions.TORCH.contains(torch.__version__):
+        raise RuntimeError(f'dualformer_mm supports torch {versions.TORCH.specifier}, found '
+                           f'torch {torch.__version__}: install a supported torch first (this '
+                           'build never changes the installed one)')
     with_cuda, reason = cuda_config.extension_cuda_plan(
         mode, torch.__version__, torch.version.cuda, cuda_home,
         cuda_config.nvcc_version(cuda_home) if cuda_home else None)
@@ -112,22 +111,74 @@ def _build_ext_class():
     return BuildExtension.with_options(use_ninja=True)
 
 
+def _license_metadata() -> dict:
+    """Apache-2.0 in the form the installed setuptools writes. From setuptools 77 (PEP 639): the
+    SPDX ``License-Expression``, beside which setuptools refuses a license classifier (and
+    without which it warns that the classifier is deprecated). Before: the ``License`` field and
+    the trove classifier."""
+    import setuptools
+    if versions.release(setuptools.__version__) >= (77, ):
+        return dict(license_expression='Apache-2.0', classifiers=[])
+    return dict(license='Apache-2.0',
+                classifiers=['License :: OSI Approved :: Apache Software License'])
+
+
+def _classifiers(license_classifiers: list) -> list:
+    pythons = range(versions.PYTHON.minimum[1],
+                    versions.release(versions.PYTHON.tested[-1])[1] + 1)
+    return license_classifiers + [
+        'Development Status :: 3 - Alpha',
+        'Intended Audience :: Developers',
+        'Intended Audience :: Science/Research',
+        'Operating System :: POSIX :: Linux',
+        'Programming Language :: C++',
+        'Programming Language :: Python :: 3',
+    ] + [f'Programming Language :: Python :: 3.{minor}' for minor in pythons] + [
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+        'Topic :: Scientific/Engineering :: Image Recognition',
+    ]
+
+
+def _readme() -> str:
+    with open(osp.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        return f.read()
+
+
 TOOLBOXES = {
-    'mmpretrain': ['mmpretrain>=1.0,<1.3'],
-    'mmdet': ['mmdet>=3.0,<3.4'],
-    'mmseg': ['mmsegmentation>=1.0,<1.3', 'ftfy', 'regex'],
+    'mmpretrain': [versions.MMPRETRAIN.requirement],
+    'mmdet': [versions.MMDET.requirement],
+    'mmseg': [versions.MMSEG.requirement, 'ftfy', 'regex'],
 }
+# What the test suite imports beyond the package's own requirements; requirements/tests.txt
+# pins a release of each (tests/test_metadata.py holds the two equal).
+TESTS = ['pytest>=7', 'pytest-timeout>=2',
+         # --dist worksteal (make test-fast, make test-compat): pytest-xdist 3.2.
+         'pytest-xdist>=3.2',
+         # ONNX export checks (tests/test_onnx_export.py): torch.onnx's torch.export-based
+         # exporter needs onnxscript; ONNX Runtime runs the exported files.
+         'onnx', 'onnxscript', 'onnxruntime',
+         # The timm entry points (tests/test_timm.py).
+         versions.TIMM.requirement]
+LICENSE_FIELDS = _license_metadata()
 
 setup(
     name='dualformer_mm',
-    version='0.1.0',
+    version=versions.__version__,
     description='DualFormer (Dual Path Transformer with Partition Attention) for OpenMMLab 2.0',
-    python_requires='>=3.9',
+    long_description=_readme(),
+    long_description_content_type='text/markdown',
+    author='dualformer-mm contributors',
+    keywords='computer vision, vision transformer, backbone, image classification, object '
+    'detection, semantic segmentation, OpenMMLab',
+    classifiers=_classifiers(LICENSE_FIELDS.pop('classifiers')),
+    **LICENSE_FIELDS,
+    python_requires=versions.PYTHON.specifier,
     # torch: installed before the build (checked above), so pip only confirms it. mmcv: not
     # here (mmcv or mmcv-lite; dualformer_mm.compat.check_mmcv).
-    install_requires=[f'torch{TORCH_RANGE}', 'mmengine>=0.8.5,<1', 'numpy>=1.21,<3'],
+    install_requires=[versions.TORCH.requirement, versions.MMENGINE.requirement,
+                      versions.NUMPY.requirement],
     extras_require=dict(TOOLBOXES, toolboxes=sorted({r for v in TOOLBOXES.values() for r in v}),
-                        tests=['pytest>=7', 'pytest-timeout>=2']),
+                        tests=TESTS),
     packages=find_packages(include=['dualformer_mm*']),
     ext_modules=_extensions(),
     cmdclass={'build_ext': _build_ext_class()},

@@ -6,9 +6,9 @@ the registries of mmpretrain, mmdet and mmseg search, so ``type='DualFormer'`` b
 three through ``custom_imports=dict(imports=['dualformer_mm'])``. None of the toolboxes is
 needed to import it.
 """
-__version__ = '0.1.0'
+from .version import __version__, version_info
 
-# First: refuses a torch older than the package supports, in one line.
+# First after the version: refuses a torch older than the package supports, in one line.
 from . import compat  # noqa: E402,F401
 from .engine import RandomStateHook  # noqa: E402
 from .models import (CPUSyncBatchNorm, DualAttentionBlock, DualFormer, MBConv,  # noqa: E402
@@ -28,5 +28,5 @@ register_timm_models_on_import()
 
 __all__ = [
     'DualFormer', 'DualAttentionBlock', 'PartitionAttention', 'MBConv', 'CPUSyncBatchNorm',
-    'RandomStateHook', '__version__'
+    'RandomStateHook', '__version__', 'version_info'
 ]

@@ -2,11 +2,11 @@
 """Every difference between the torch, numpy and mmcv versions the package supports, in one
 place.
 
-Supported: torch 2.1 to 2.15, numpy 1.x and 2.x, mmcv or mmcv-lite 2.0 to 2.2 (README, "Use it
-in your own OpenMMLab environment"). Each branch below names the version it serves; the model,
-the ops and the tests ask this module instead of testing ``hasattr`` themselves. What an old
-torch lacks degrades with a statement (:data:`LIMITATIONS`), never with a crash. Importing it
-refuses, in one line each, a torch older than :data:`MIN_TORCH` and a missing or 1.x mmcv.
+The supported ranges live in :mod:`dualformer_mm.version` (``TORCH``, ``NUMPY``, ``MMCV``),
+which setup.py reads too. Each branch below names the version it serves; the model, the ops and
+the tests ask this module instead of testing ``hasattr`` themselves. What an old torch lacks
+degrades with a statement (:data:`LIMITATIONS`), never with a crash. Importing it refuses, in
+one line each, a torch older than :data:`MIN_TORCH` and a missing or 1.x mmcv.
 
 Example:
     >>> from dualformer_mm import compat
@@ -22,10 +22,12 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .version import MMCV, TORCH, release
+
 #: The oldest torch the package runs on (``import dualformer_mm`` refuses older ones).
-MIN_TORCH = (2, 1)
-#: The newest torch the package is tested on.
-MAX_TESTED_TORCH = (2, 15)
+MIN_TORCH: Tuple[int, ...] = TORCH.minimum
+#: The newest torch release series the package is tested on.
+MAX_TESTED_TORCH: Tuple[int, ...] = release(TORCH.tested[-1])[:2]
 
 
 def parse_version(version: str) -> Tuple[int, int]:
@@ -66,16 +68,15 @@ def check_torch_version(version: str = torch.__version__) -> None:
         ...
         ImportError: dualformer_mm needs torch >= 2.1, found torch 2.0.1
     """
-    if parse_version(version) < MIN_TORCH:
-        raise ImportError(f'dualformer_mm needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]}, '
-                          f'found torch {version}')
+    if TORCH.too_old(version):
+        raise ImportError(f'dualformer_mm needs torch >= {TORCH.oldest}, found torch {version}')
 
 
 # Before any branch below touches an API an older torch lacks.
 check_torch_version()
 
 #: The oldest mmcv (or mmcv-lite) whose layers the model builds on.
-MIN_MMCV = (2, 0)
+MIN_MMCV: Tuple[int, ...] = MMCV.minimum
 
 
 def check_mmcv() -> str:
@@ -91,16 +92,16 @@ def check_mmcv() -> str:
     Raises:
         ImportError: Neither is importable, or the one found is older than :data:`MIN_MMCV`.
     """
-    advice = ('install mmcv-lite (the backbone alone: pip install "mmcv-lite>=2.0,<2.3") or '
-              'mmcv 2.0-2.2 with its ops (needed by mmdet and mmseg); README, "Use it in your '
-              'own OpenMMLab environment"')
+    advice = (f'install mmcv-lite (the backbone alone: pip install "mmcv-lite{MMCV.specifier}") '
+              f'or mmcv {MMCV.oldest}-{MMCV.newest_tested_series} with its ops (needed by mmdet '
+              'and mmseg); README, "Use it in your own OpenMMLab environment"')
     try:
         import mmcv
     except ImportError as err:
-        raise ImportError(f'dualformer_mm needs mmcv or mmcv-lite >= 2.0 and neither is '
-                          f'importable ({err}): {advice}') from err
-    if parse_version(mmcv.__version__) < MIN_MMCV:
-        raise ImportError(f'dualformer_mm needs mmcv or mmcv-lite >= 2.0, found mmcv '
+        raise ImportError(f'dualformer_mm needs mmcv or mmcv-lite >= {MMCV.oldest} and neither '
+                          f'is importable ({err}): {advice}') from err
+    if MMCV.too_old(mmcv.__version__):
+        raise ImportError(f'dualformer_mm needs mmcv or mmcv-lite >= {MMCV.oldest}, found mmcv '
                           f'{mmcv.__version__} (the OpenMMLab 1.x series): {advice}')
     return mmcv.__version__
 

@@ -7,6 +7,7 @@ corner of the support range (README, "Use it in your own OpenMMLab environment")
 import os
 import os.path as osp
 import pickle
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,20 @@ def test_mmcv_of_the_1x_series_is_refused(tmp_path):
     line = _import_error(tmp_path, '')
     assert line.startswith('ImportError: dualformer_mm needs mmcv or mmcv-lite >= 2.0, found '
                            'mmcv 1.7.2')
+
+
+def test_the_import_checks_are_the_version_modules_ranges():
+    # dualformer_mm/version.py holds the ranges setup.py reads too (tests/test_metadata.py).
+    from dualformer_mm import version
+    compat.check_torch_version(f'{version.TORCH.oldest}.0')
+    older = f'{version.TORCH.minimum[0]}.{version.TORCH.minimum[1] - 1}.9'
+    with pytest.raises(ImportError, match=rf'needs torch >= {version.TORCH.oldest}, found '
+                                          rf'torch {re.escape(older)}$'):
+        compat.check_torch_version(older)
+    assert compat.MIN_TORCH == version.TORCH.minimum
+    assert compat.MAX_TESTED_TORCH == version.release(version.TORCH.tested[-1])[:2]
+    assert compat.MIN_MMCV == version.MMCV.minimum
+    assert version.MMCV.contains(compat.MMCV_VERSION)
 
 
 def test_versions_are_read_from_local_and_pre_releases():

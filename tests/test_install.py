@@ -532,7 +532,13 @@ def test_sdist_holds_every_source_the_extension_needs(tmp_path):
                     for f in files if f.endswith(('.h', '.cpp', '.cu', '.cuh')))
     assert any(n.endswith('.cu') for n in needed) and any(
         n.startswith(osp.join(csrc, 'cpu')) and n.endswith('.h') for n in needed)
-    missing = [n for n in needed + ['setup.py', 'cuda_build.py'] if n not in names]
+    # The release files, and every config with the model pages and metafiles that
+    # model-index.yml imports.
+    release = ['LICENSE', 'CITATION.cff', 'CHANGELOG.md', 'model-index.yml',
+               osp.join('dualformer_mm', 'version.py')] + \
+        [rel for rel in listed if rel.startswith('configs' + os.sep)]
+    assert osp.join('configs', 'mmdet', 'metafile.yml') in release
+    missing = [n for n in needed + ['setup.py', 'cuda_build.py'] + release if n not in names]
     assert not missing, f'the sdist lacks {missing}'
     # Every quoted #include of every source resolves inside the sdist.
     unresolved = [(p, t) for p, text in members.items() for t in _include_targets(p, text)

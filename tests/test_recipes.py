@@ -9,10 +9,12 @@ choice) in the message. Configs are only loaded (``Config.fromfile``), never bui
 import functools
 import glob
 import importlib.util
+import inspect
 import os.path as osp
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Set, Tuple
 
 import pytest
 from mmengine.config import Config
@@ -383,13 +385,16 @@ def test_config_holds_the_recorded_choice(path, recipe):
         f'this table together.')
 
 
-def _chain(path: str) -> List[str]:
-    """The file and the repository files it inherits (``_base_`` entries that are paths)."""
+def _bases(path: str) -> List[str]:
+    """The repository files a config inherits directly (``_base_`` entries that are paths)."""
     text = open(path).read()
-    files = [path]
-    for base in re.findall(r"['\"](\.{1,2}/[^'\"]+\.py)['\"]", text):
-        files += _chain(osp.normpath(osp.join(osp.dirname(path), base)))
-    return files
+    return [osp.normpath(osp.join(osp.dirname(path), base))
+            for base in re.findall(r"['\"](\.{1,2}/[^'\"]+\.py)['\"]", text)]
+
+
+def _chain(path: str) -> List[str]:
+    """The file and the repository files it inherits."""
+    return [path] + [f for base in _bases(path) for f in _chain(base)]
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: _rel(p)[8:-3])
@@ -506,6 +511,104 @@ def test_header_says_what_the_config_trains(path):
         f'none ({table} reports only S and B).'
     assert second == f"# Paper's figure, not reproduced here: {figure} Recipe: docs/recipes.md.", (
         f'{_rel(path)}: line 2 should quote the paper\'s figure {figure!r}, got {second!r}')
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every ConfigDict a dict and every tuple a list."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _changed_keys(new: Any, old: Any, key: str) -> Set[str]:
+    """The dotted keys under ``key`` whose values differ: nested dicts are compared key by key
+    (a key present in one of them only is a change), any other value whole."""
+    if not (isinstance(new, dict) and isinstance(old, dict)):
+        return set() if new == old else {key}
+    changed = set()
+    for name in set(new) | set(old):
+        sub = f'{key}.{name}'
+        changed |= {sub} if (name in new) != (name in old) else \
+            _changed_keys(new[name], old[name], sub)
+    return changed
+
+
+def _overrides(path: str) -> Set[str]:
+    """What a config changes relative to the config it inherits, as the Runner sees it: every
+    key mmengine's Runner takes (its constructor's arguments, which ``Runner.from_cfg`` reads
+    from the config), down to the leaves of nested dicts. Helper variables such as
+    ``data_root`` count through the keys that use them."""
+    from mmengine.runner import Runner
+    keys = set(inspect.signature(Runner.__init__).parameters) - {'self', 'cfg'}
+    (base, ) = _bases(path)
+    new, old = _load(path), _load(base)
+    return set().union(*(_changed_keys(_plain(new.get(k)), _plain(old.get(k)), k)
+                         for k in keys))
+
+
+# The keys a demo header may name as a whole while only part of them changes: the data and the
+# schedule, which a demo replaces. Every other override, of the model and the optimizer above
+# all, is named key by key.
+DEMO_WHOLE_KEYS = {'train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
+                   'test_evaluator', 'train_cfg', 'param_scheduler', 'default_hooks'}
+
+
+def _header_overrides(path: str) -> Tuple[str, List[str]]:
+    """The config line 2 says the demo inherits, and the keys of its "# - key, key: why" lines
+    (a line that starts with "#   " continues the one above)."""
+    with open(path) as f:
+        header = [line.rstrip('\n') for line in f]
+    header = header[:next(i for i, line in enumerate(header) if not line.startswith('#'))]
+    match = re.fullmatch(r'# Overrides of (configs/\S+\.py), which it inherits, and why:',
+                         header[1])
+    assert match, f'{_rel(path)}: line 2 should name the config it inherits, got {header[1]!r}'
+    keys = []
+    for line in header[2:]:
+        item = re.match(r'# - ((?:[\w.]+, )*[\w.]+): \S', line)
+        assert item or line.startswith('#   '), f'{_rel(path)}: not an override line: {line!r}'
+        keys += item.group(1).split(', ') if item else []
+    return match.group(1), keys
+
+
+@pytest.mark.parametrize('path', _demo_configs(), ids=lambda p: _rel(p)[8:-3])
+def test_demo_header_lists_every_override(path):
+    """A demo's header lists every key it changes relative to the config it inherits, each
+    with why; a new override that the header does not name fails here."""
+    inherited, listed = _header_overrides(path)
+    assert [osp.join(ROOT, inherited)] == _bases(path), (
+        f'{_rel(path)}: line 2 names {inherited}, the config inherits '
+        f'{[_rel(b) for b in _bases(path)]}')
+    changed = _overrides(path)
+    unnamed = sorted(k for k in changed if not any(k == n or k.startswith(f'{n}.')
+                                                   for n in listed))
+    assert not unnamed, f'{_rel(path)}: overrides its header does not name: {unnamed}'
+    for name in listed:
+        if name in changed:
+            continue
+        under = sorted(k for k in changed if k.startswith(f'{name}.'))
+        assert under and name in DEMO_WHOLE_KEYS, (
+            f'{_rel(path)}: the header names {name!r}, which the config does not change as a '
+            f'whole; the changed keys under it are {under}' if under else
+            f'{_rel(path)}: the header names {name!r}, which the config does not change')
+
+
+def test_override_diff_sees_what_a_demo_changes(tmp_path):
+    """The comparison behind the demo headers: a changed leaf, an added key and a replaced
+    list are changes; an identical value is not."""
+    base = tmp_path / 'base.py'
+    base.write_text("model = dict(backbone=dict(drop_path_rate=0.1, arch='t'), neck=None)\n"
+                    "param_scheduler = [dict(type='LinearLR', end=5)]\n"
+                    "train_cfg = dict(max_epochs=300)\n")
+    demo = tmp_path / 'demo.py'
+    demo.write_text("_base_ = ['./base.py']\n"
+                    "model = dict(backbone=dict(drop_path_rate=0.0), head=dict(topk=(1, )))\n"
+                    "param_scheduler = [dict(type='LinearLR', end=1)]\n"
+                    "train_cfg = dict(max_epochs=300)\n"
+                    "data_root = 'data/demo'\n")
+    assert _overrides(str(demo)) == {'model.backbone.drop_path_rate', 'model.head',
+                                     'param_scheduler'}
 
 
 @pytest.mark.parametrize('path', ALL_CONFIGS, ids=_rel)

@@ -21,12 +21,14 @@ import importlib.util
 import sys
 import warnings
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
-#: The oldest timm the models register with: ``build_model_with_cfg(feature_cfg=...)`` with
-#: ``generate_default_cfgs`` and the hook feature wrapper (0.9); 1.0 adds
-#: ``forward_intermediates`` and its getter wrapper, used where present.
-MIN_TIMM = (0, 9)
+from ..version import TIMM
+
+#: The oldest timm the models register with (``dualformer_mm.version.TIMM``):
+#: ``build_model_with_cfg(feature_cfg=...)`` with ``generate_default_cfgs`` and the hook feature
+#: wrapper (0.9); 1.0 adds ``forward_intermediates`` and its getter wrapper, used where present.
+MIN_TIMM: Tuple[int, ...] = TIMM.minimum
 
 
 def register_timm_models() -> bool:
@@ -47,10 +49,9 @@ def register_timm_models() -> bool:
     except Exception as err:  # a broken timm must not break the import that got here
         _warn(f'timm is installed but cannot be imported ({type(err).__name__}: {err})')
         return False
-    from ..compat import parse_version
-    if parse_version(timm.__version__) < MIN_TIMM:
-        _warn(f'timm {timm.__version__} is older than {MIN_TIMM[0]}.{MIN_TIMM[1]}, the oldest '
-              'version they register with')
+    if TIMM.too_old(timm.__version__):
+        _warn(f'timm {timm.__version__} is older than {TIMM.oldest}, the oldest version they '
+              'register with')
         return False
     importlib.import_module(f'{__name__}.timm_dualformer')  # registers at its import
     return True

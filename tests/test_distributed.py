@@ -1,4 +1,4 @@
-"""Distributed equivalence (issue 7): N gloo processes with the batch split == 1 process.
+"""Distributed equivalence: N gloo processes with the batch split == 1 process.
 
 Two CPU processes, each with half of the batch, the model wrapped in DistributedDataParallel
 and its BatchNorm layers converted to ``CPUSyncBN``, must give the gradients that one process

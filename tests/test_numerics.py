@@ -1,4 +1,4 @@
-"""Partition numerics under autocast (issue 7): finite outputs and gradients in every case.
+"""Partition numerics: finite outputs and gradients in fp32 and fp16/bf16 autocast, every case.
 
 MHPA (paper section 3.2) normalises a softmax inside data-dependent partitions and divides by
 partition counts and importance sums; each of these can produce NaN or Inf when a partition

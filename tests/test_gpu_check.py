@@ -407,7 +407,6 @@ def test_throughput_step_measures_the_kernels(dry_run, tmp_path, monkeypatch):
 def test_train_task_step_reads_the_log_and_the_prediction(outcome, tmp_path, monkeypatch):
     """``train_det`` around its training run (which tests/test_tools.py runs for real): the
     config it hands tools/train.py, and what it makes of the log and the predict summary."""
-    monkeypatch.syspath_prepend(TOOLS)  # runner_env, as the step's process has it
     mkdtemp = gpu_check.tier2.tempfile.mkdtemp
     monkeypatch.setattr(gpu_check.tier2.tempfile, 'mkdtemp',
                         lambda suffix=None, prefix=None, dir=None: mkdtemp(

@@ -384,7 +384,6 @@ def threads():
     return len(os.listdir('/proc/self/task'))
 
 root, name = sys.argv[1], sys.argv[2]
-sys.path.insert(0, os.path.join(root, 'tools'))
 spec = importlib.util.spec_from_file_location(name, os.path.join(root, 'tools', name + '.py'))
 tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)

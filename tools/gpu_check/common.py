@@ -55,8 +55,8 @@ def result(status: str, figures: Optional[Dict[str, Any]] = None, details: str =
 
 def child_env(*paths: str, **extra: str) -> Dict[str, str]:
     """This process's environment with ``paths``, ``tools/`` and the checkout first on
-    ``PYTHONPATH``: what a child of the check imports (``gpu_check``, ``runner_env``,
-    ``dualformer_mm`` from a checkout), plus ``extra`` variables."""
+    ``PYTHONPATH``: what a child of the check imports (``gpu_check``, and
+    ``dualformer_mm`` and ``tests`` from a checkout), plus ``extra`` variables."""
     entries = [*paths, TOOLS, ROOT]
     if os.environ.get('PYTHONPATH'):
         entries.append(os.environ['PYTHONPATH'])

@@ -23,11 +23,10 @@ from typing import Dict, List, Optional
 
 import torch
 
+from dualformer_mm.deployment import build_target, check, export, session
+
 HERE = osp.dirname(osp.abspath(__file__))
-sys.path.insert(0, HERE)
 sys.path.insert(0, osp.join(osp.dirname(HERE), 'benchmarks'))
-from _onnx import check, export, session  # noqa: E402
-from _targets import build_target  # noqa: E402
 from benchlib.measure import median, time_interleaved  # noqa: E402
 from benchlib.options import Settings  # noqa: E402
 from benchlib.output import describe_environment  # noqa: E402

@@ -50,3 +50,35 @@ def load_script(path: str) -> types.ModuleType:
             del sys.modules[name]
             raise
     return sys.modules[name]
+
+
+def load_package(path: str) -> types.ModuleType:
+    """The package of the folder ``path`` (relative to the repository root) under its folder's
+    name, as ``python -m NAME`` imports it with the folder's parent on ``PYTHONPATH``.
+
+    ``tools/gpu_check`` is such a package: ``tools/gpu_check.sh`` runs it that way, and its
+    configs name its modules (``custom_imports``). Its modules then import as
+    ``importlib.import_module('gpu_check.common')``, without ``sys.path`` holding ``tools/``.
+
+    Args:
+        path (str): E.g. ``'tools/gpu_check'``.
+
+    Returns:
+        types.ModuleType: The package.
+    """
+    folder = osp.join(ROOT, path)
+    name = osp.basename(path.rstrip('/'))
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, osp.join(folder, '__init__.py'), submodule_search_locations=[folder])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    elif osp.dirname(sys.modules[name].__file__) != folder:
+        raise ImportError(f'{name} is already imported from {sys.modules[name].__file__}, '
+                          f'not {folder}')
+    return sys.modules[name]

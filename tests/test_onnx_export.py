@@ -72,7 +72,8 @@ def _tie_free(target, shape):
     ONNX Runtime and PyTorch partition alike and differ by rounding only."""
     images, margin = onnx_export.tie_free_images(target, shape)
     assert margin is None or margin >= onnx_export.TIE_MARGIN, \
-        f'{onnx_export.TIE_FREE_DRAWS} seeded images of {shape} all have a near tie (widest {margin})'
+        f'{onnx_export.TIE_FREE_DRAWS} seeded images of {shape} all have a near tie ' \
+        f'(widest {margin})'
     return images
 
 
@@ -227,7 +228,8 @@ def test_tie_free_images_draw_seeded_images_until_the_margin_allows(monkeypatch)
     images, margin = onnx_export.tie_free_images(target, shape, draws=4)
     assert torch.equal(images, draws[first]) and margin == margins[first]
     images, margin = onnx_export.tie_free_images(target, shape, draws=3, seed=1)
-    assert torch.equal(images, draws[1 + [m >= onnx_export.TIE_MARGIN for m in margins[1:]].index(True)])
+    later = [m >= onnx_export.TIE_MARGIN for m in margins[1:]]
+    assert torch.equal(images, draws[1 + later.index(True)])
     # None reaches it: the widest of the draws.
     monkeypatch.setattr(onnx_export, 'TIE_MARGIN', 1.0)
     images, margin = onnx_export.tie_free_images(target, shape, draws=4)
@@ -238,7 +240,8 @@ def test_tie_free_images_draw_seeded_images_until_the_margin_allows(monkeypatch)
 
 
 def test_docstring_examples():
-    for module in (onnx_export, targets, tensorrt):
+    import dualformer_mm.deployment as package
+    for module in (package, onnx_export, targets, tensorrt):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 

@@ -308,7 +308,7 @@ def tie_free_images(target: ExportTarget, shape: Sequence[int], draws: int = TIE
     """Seeded normal images of ``shape`` on which no token is near an LSH hyperplane.
 
     Draws the images of seeds ``seed, seed + 1, ...`` and runs PyTorch on each until one has
-    a hyperplane margin of at least :data:`TIE_MARGIN` (:func:`~dualformer_mm.deployment.targets.partition_statistics`).
+    a hyperplane margin of at least :data:`TIE_MARGIN` (:func:`.targets.partition_statistics`).
     An image holds one projection per token, head and plane of every MHPA, so the chance that
     it is tie-free falls with its size: for DualFormer-B (random weights) 7 of 16 seeds at
     1x3x128x160, 3 of 16 at 2x3x96x128, none of 4 at 2x3x256x256.

@@ -18,7 +18,6 @@ import json
 import os
 import os.path as osp
 import shutil
-import sys
 import time
 from typing import Dict, List, Optional
 
@@ -27,11 +26,10 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from dualformer_mm.demo import make_demo_datasets
+from dualformer_mm.visualization import draw_partitions, record_partitions
 
-from dualformer_mm.demo import make_demo_datasets  # noqa: E402
-from dualformer_mm.visualization import draw_partitions, record_partitions  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 TASKS = {
     'cls': dict(config='configs/demo/cls_dualformer_t_demo.py',

@@ -23,17 +23,13 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from dualformer_mm import PartitionAttention  # noqa: E402
-from dualformer_mm.visualization.partitions import (  # noqa: E402
+from dualformer_mm import PartitionAttention
+from dualformer_mm.visualization.partitions import (
     build_backbone, config_normalization, draw_partition_grid, preprocess_image,
     record_partitions, synthetic_image)
 

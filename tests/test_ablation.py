@@ -4,7 +4,7 @@ is wrong, and a tiny experiment (two variants, one seed, three steps on 32x32 im
 table, skips finished runs when run again, retrains exactly a removed run with the same result,
 and refuses records of another budget.
 """
-import importlib.util
+import doctest
 import json
 import os
 import os.path as osp
@@ -12,7 +12,10 @@ import os.path as osp
 import numpy as np
 import pytest
 
+from dualformer_mm.analysis.ablation import runner
+from dualformer_mm.analysis.ablation import variants as variant_table
 from dualformer_mm.demo.synthetic import CLASSES, make_classification
+from tests.utils import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COLUMNS = ['variant', 'backbone options', 'top-1 (%) mean', 'std', 'per seed', 'params (M)',
@@ -23,17 +26,12 @@ ROW_FIELDS = {'name', 'options', 'paper', 'paper_top1', 'seeds', 'top1', 'top1_m
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location(
-        'tool_ablation', osp.join(ROOT, 'tools', 'analysis', 'ablation.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # puts tools/analysis on sys.path for the package
-    return module
+    return load_script('tools/analysis/ablation.py')
 
 
 @pytest.fixture(scope='module')
-def variants(tool):
-    import ablation.variants
-    return ablation.variants
+def variants():
+    return variant_table
 
 
 @pytest.fixture(scope='module')
@@ -139,8 +137,7 @@ def test_tiny_experiment_table_and_resume(tool, data_root, tmp_path, monkeypatch
         trained.append((options, seed))
         return real_train_one(budget, options, seed, *args, **kwargs)
 
-    import ablation.runner
-    real_train_one = ablation.runner.train_one
+    real_train_one = runner.train_one
     monkeypatch.setattr(tool, 'train_one', counting)
     tool.main(_args(data_root, work_dir))
     assert trained == [({'block_cfg': {'mode': 'serial'}}, 0)]
@@ -152,3 +149,10 @@ def test_tiny_experiment_table_and_resume(tool, data_root, tmp_path, monkeypatch
     # Another budget in the same work dir is refused rather than mixed in.
     with pytest.raises(SystemExit, match=r'other settings \(budget'):
         tool.main(_args(data_root, work_dir, '--lr', '1e-3'))
+
+
+def test_docstring_examples():
+    import dualformer_mm.analysis.ablation as package
+    for module in (package, runner, variant_table):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -4,6 +4,7 @@
 (``tools/visualization/partitions.py``), their ``main()`` run on tiny inputs, and the Fourier
 core on inputs whose spectrum is known.
 """
+import doctest
 import importlib.util
 import json
 import math
@@ -16,7 +17,8 @@ from PIL import Image
 
 from dualformer_mm import DualFormer
 from dualformer_mm.visualization import draw_partitions, record_partitions
-from dualformer_mm.visualization.partitions import draw_partition_grid
+from dualformer_mm.visualization.partitions import (draw_partition_grid, partition_capacity,
+                                                    partition_figure)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/mmpretrain/dualformer_t_in1k.py'
@@ -139,7 +141,57 @@ def test_partition_grid_and_strip(tmp_path):
     every = draw_partition_grid(image, records, str(tmp_path / 'all.png'), all_blocks=True)
     assert len(every) == sum(DEPTHS_T)
     _assert_image(tmp_path / 'grid.png')
-    # The strip of tools/run_demo.py keeps its signature and layout.
-    names = draw_partitions(image, records, str(tmp_path / 'strip.png'))
+    # The strip of tools/run_demo.py: one row, the input and the first block of each stage.
+    names = draw_partitions(image, records, str(tmp_path / 'strip.png'), title='demo')
     assert names == [f'stages.{i}.blocks.0.attn' for i in range(4)]
-    assert np.asarray(Image.open(tmp_path / 'strip.png')).shape == (64, 5 * 96 + 4 * 4, 3)
+    height, width, _ = np.asarray(Image.open(tmp_path / 'strip.png')).shape
+    assert width > 2.5 * height
+
+
+def _title_lines(panel, sr_ratio, image_shape, heads):
+    """What a panel's title must say of the module it shows, from the model's own geometry."""
+    stride = 4 * 2**panel['stage']
+    # MHPA partitions the stage's map after its own stride-sr downsampling, padded up.
+    grid = [math.ceil(side / stride / sr_ratio) for side in image_shape]
+    return [f"stage {panel['stage'] + 1}, stride {stride}",
+            f"block {panel['block'] + 1}, head {panel['head'] + 1} of {heads}",
+            f"{panel['num_partitions']} of 8 partitions, {grid[0]}x{grid[1]} tokens"]
+
+
+@pytest.mark.parametrize('all_heads', [False, True])
+def test_partition_panels_name_stage_stride_head_grid_and_partitions(all_heads):
+    torch.manual_seed(0)
+    backbone = DualFormer(arch='t').eval()
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    records = record_partitions(backbone, tensor)
+    fig, panels = partition_figure(image, records, all_heads=all_heads,
+                                   capacity=partition_capacity(backbone), title='the command')
+    assert fig._suptitle.get_text() == 'the command'
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    inputs = [t for t in titles if t.startswith('input')]
+    # One input panel per row: one row without all_heads, one per stage with it.
+    assert inputs == ['input, 64x96'] * (4 if all_heads else 1)
+    drawn = [t for t in titles if not t.startswith('input')]
+    assert drawn == [p['title'] for p in panels]
+    heads = [sum(p['stage'] == s for p in panels) for s in range(4)]
+    assert heads == (HEADS_T if all_heads else [1] * 4)
+    for panel in panels:
+        module = backbone.get_submodule(panel['module'])
+        codes = records[panel['module']][panel['head']]
+        assert panel['title'].split('\n') == _title_lines(
+            panel, module.sr_ratio, image.shape[:2], HEADS_T[panel['stage']])
+        assert panel['num_partitions'] == len(torch.unique(codes))
+        assert panel['max_partitions'] == module.num_partitions == 8
+        assert panel['grid'] == list(codes.shape) and panel['stride'] == 4 * 2**panel['stage']
+    # Without the capacities, a panel counts what its tokens fill.
+    _, bare = partition_figure(image, records)
+    assert bare[0]['title'].endswith(f"{bare[0]['num_partitions']} partitions, "
+                                     f"{bare[0]['grid'][0]}x{bare[0]['grid'][1]} tokens")
+    assert bare[0]['max_partitions'] is None
+
+
+def test_partition_drawing_docstring_examples():
+    from dualformer_mm.visualization import partitions
+    result = doctest.testmod(partitions)
+    assert result.failed == 0 and result.attempted > 0

@@ -8,10 +8,10 @@
 and of their Mask R-CNNs) runs as a subprocess (``slow``), and so does a script on a machine
 without the toolboxes. The tests check the JSON fields, that the numbers are positive and the
 ratios are to the same run's Swin-T, that the PNGs exist, and the errors for bad requests. The
-shared pieces of the ``benchlib`` package beside them (where a peer comes from, mmpretrain or
-timm; the memory held between steps; the targets) and the training step of ``train_step.py``
-(the fp16 GradScaler) are tested in-process. No timing is asserted: the scripts print ratios
-for people to read, and a shared CI machine makes any threshold flaky.
+shared pieces of the ``dualformer_mm.benchmark`` package they import (where a peer comes
+from, mmpretrain or timm; the memory held between steps; the targets; the training step of
+``train_step.py`` and its fp16 GradScaler) are tested in-process. No timing is asserted: the
+scripts print ratios for people to read, and a shared CI machine makes any threshold flaky.
 """
 import doctest
 import importlib.util
@@ -27,10 +27,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from dualformer_mm.benchmark import (detectors, errors, measure, options, output, ratios,
+                                     timm_features, training, zoo)
+from tests.utils import load_package, load_script
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PYTHON = sys.executable
 THROUGHPUT = 'tools/benchmarks/throughput.py'
-BENCH_DIR = osp.join(ROOT, 'tools', 'benchmarks')
 # Small enough for seconds on 2 cores; 64 px still gives Swin-T (with pad_small_map) and
 # DualFormer a 2x2 map at stride 32.
 TINY = ['--warmup', '0', '--repeat', '1', '--threads', '1']
@@ -59,15 +62,13 @@ def _check_environment(env: dict) -> None:
 def script(monkeypatch):
     """Run a script's ``main(argv)`` in this process as its command line would, returning its
     exit status; the thread count it sets is put back afterwards."""
-    monkeypatch.syspath_prepend(BENCH_DIR)
     threads = torch.get_num_threads()
 
     def run(name, argv):
-        module = importlib.import_module(name)
+        module = load_script(f'tools/benchmarks/{name}.py')
         monkeypatch.setattr(sys, 'argv', [f'{name}.py', *argv])
-        from benchlib.errors import run_main
         with pytest.raises(SystemExit) as exit_info:
-            run_main(lambda: module.main(argv))
+            errors.run_main(lambda: module.main(argv))
         return exit_info.value.code
 
     yield run
@@ -166,13 +167,10 @@ def test_bench_ops_json_rows(script, monkeypatch, capsys):
     # bench_ops.py's own main() at the GPU check's dry-run shapes (its default shapes, on
     # which the numbers are quoted, take minutes on a CPU); every op, with the
     # forward/backward split and the bandwidth rows; one timed call each.
-    import bench_ops
+    bench_ops = load_script('tools/benchmarks/bench_ops.py')
     assert list(bench_ops.SHAPES) == ['224x224 b32', '800x1280 b1']
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        from gpu_check.bench_ops_dry import DRY_SHAPES
-    finally:
-        sys.path.remove(osp.join(ROOT, 'tools'))
+    load_package('tools/gpu_check')
+    from gpu_check.bench_ops_dry import DRY_SHAPES
     monkeypatch.setattr(bench_ops, 'SHAPES', dict(DRY_SHAPES))
     monkeypatch.setattr(bench_ops, 'BANDWIDTH_SHAPES', dict(DRY_SHAPES))
     monkeypatch.setattr(sys, 'argv', ['bench_ops.py', '--repeat', '1', '--threads', '1',
@@ -202,23 +200,19 @@ def test_bench_ops_json_rows(script, monkeypatch, capsys):
         assert r['speedup'] == pytest.approx(r['reference_ms'] / r['ext_ms'])
 
 
-# --- training benchmark (train_step.py) and the benchlib package, in-process ---------------
+# --- training benchmark (train_step.py) and dualformer_mm.benchmark, in-process -------------
 
 TRAIN_STEP = 'tools/benchmarks/train_step.py'
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    """The benchlib modules and two scripts, imported as a script run sees them: from its own
-    folder, tools/benchmarks, which is not a package."""
-    monkeypatch.syspath_prepend(BENCH_DIR)
-    import resolution_scaling
-    import train_step
-    from benchlib import detectors, errors, measure, options, output, ratios, timm_features, zoo
+def bench():
+    """The modules of dualformer_mm.benchmark and two scripts of tools/benchmarks."""
     return types.SimpleNamespace(
         detectors=detectors, errors=errors, measure=measure, options=options, output=output,
-        ratios=ratios, timm_features=timm_features, zoo=zoo, scaling=resolution_scaling,
-        train_step=train_step)
+        ratios=ratios, timm_features=timm_features, training=training, zoo=zoo,
+        scaling=load_script('tools/benchmarks/resolution_scaling.py'),
+        train_step=load_script('tools/benchmarks/train_step.py'))
 
 
 @pytest.mark.slow
@@ -324,8 +318,9 @@ def test_peers_without_toolboxes_or_timm_name_both(tmp_path: Path):
     for package in ('mmpretrain', 'mmdet', 'timm'):
         (tmp_path / package).mkdir()
         (tmp_path / package / '__init__.py').write_text(f"raise ImportError('no {package}')\n")
+    # The stand-ins first; the rest of the path as it was (it may hold the checkout).
     result = _run([THROUGHPUT, '--models', 'dualformer-t', 'swin-t'] + TINY,
-                  PYTHONPATH=str(tmp_path))
+                  PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get('PYTHONPATH', '')]))
     assert result.returncode == 2
     assert "model 'swin-t' needs the mmpretrain package or timm" in result.stderr
     assert 'pip install mmpretrain==1.2.0' in result.stderr and 'pip install timm' in result.stderr
@@ -452,7 +447,7 @@ def _settings(bench, device='cpu', amp_dtype=None):
 
 
 def test_grad_scaler_only_for_fp16(bench):
-    train_step = bench.train_step
+    train_step = bench.training
     assert train_step.needs_grad_scaler(_settings(bench, 'cuda', 'fp16'))
     assert train_step.needs_grad_scaler(_settings(bench, 'cpu', 'fp16'))
     assert not train_step.needs_grad_scaler(_settings(bench, 'cuda', 'bf16'))
@@ -465,7 +460,7 @@ def test_grad_scaler_only_for_fp16(bench):
 
 
 def test_fp16_train_step_settles_and_counts_skips(bench):
-    train_step = bench.train_step
+    train_step = bench.training
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
     x, scale = torch.randn(4, 8), {'loss': 1.0}
@@ -521,7 +516,7 @@ def test_resolution_scaling_target_is_at_800x1280(bench):
 
 def test_docstring_examples(bench):
     for module in (bench.errors, bench.zoo, bench.options, bench.measure, bench.ratios,
-                   bench.train_step):
+                   bench.detectors, bench.training):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
@@ -529,7 +524,7 @@ def test_docstring_examples(bench):
 def test_train_step_defaults_match_the_docs(bench, monkeypatch):
     # docs/benchmarks.md (Training) states these defaults; the configs' own values with them.
     from mmengine.config import Config
-    train_step, detectors = bench.train_step, bench.detectors
+    train_step = bench.train_step
     monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)  # parse_args applies it
     args = train_step.parse_args([])
     assert args.parts == ['backbone', 'detector'] and args.models == list(train_step.MODEL_ZOO)
@@ -544,7 +539,7 @@ def test_train_step_defaults_match_the_docs(bench, monkeypatch):
                        ('dualformer-s', 'peak_mib'): ('<=', 1.0)}
     assert train_step.TARGET_SETTING == dict(size=224, batch=16, device='cpu', amp=False)
     for name in args.det_models:
-        cfg = Config.fromfile(detectors.config_path(name))
+        cfg = Config.fromfile(detectors.config_path(name, root=ROOT))
         sampler = cfg.model.train_cfg.rcnn.sampler
         assert (sampler.num, sampler.pos_fraction) == (512, 0.25)
         assert cfg.model.data_preprocessor.pad_size_divisor == 32

@@ -141,7 +141,6 @@ def test_test_tool_checks_only_the_test_dataloader(tmp_path, monkeypatch):
 
 
 def _load_tool(name: str, monkeypatch):
-    monkeypatch.setattr(sys, 'path', list(sys.path))  # the tool puts tools/ first
     spec = importlib.util.spec_from_file_location(f'{name}_tool',
                                                   osp.join(ROOT, 'tools', f'{name}.py'))
     tool = importlib.util.module_from_spec(spec)

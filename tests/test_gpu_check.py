@@ -28,24 +28,17 @@ import types
 import pytest
 import torch
 
+from tests.utils import load_package, load_script
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
 
-
-def _import_from(folder, *names):
-    """Import ``names`` as a process whose PYTHONPATH holds ``folder`` does (tools/gpu_check.sh
-    puts tools/ there; bench_ops.py is a script in tools/benchmarks)."""
-    sys.path.insert(0, folder)
-    try:
-        return [importlib.import_module(name) for name in names]
-    finally:
-        sys.path.remove(folder)
-
-
 MODULES = ('bench_ops_dry', 'common', 'predict_hook', 'report', 'run', 'tier1', 'tier1_bench',
            'tier1_kernels', 'tier2', 'tier2_config')
-gpu_check = types.SimpleNamespace(**dict(zip(MODULES, _import_from(
-    TOOLS, *(f'gpu_check.{name}' for name in MODULES)))))
+# The package as tools/gpu_check.sh's `python -m gpu_check` imports it.
+load_package('tools/gpu_check')
+gpu_check = types.SimpleNamespace(
+    **{name: importlib.import_module(f'gpu_check.{name}') for name in MODULES})
 
 
 def _script(*args, timeout=300):
@@ -352,8 +345,8 @@ def test_bench_ops_step_runs_the_script_and_reads_its_rows(dry_run, tmp_path, mo
     monkeypatch.setattr(gpu_check.tier1_bench.subprocess, 'run', run)
     res = gpu_check.tier1_bench.step_bench_ops(_context(tmp_path, dry_run))
     (cmd, path), = calls
-    # bench_ops.py and its benchlib from tools/benchmarks; the dry run at its small shapes.
-    assert path == [gpu_check.tier1_bench.BENCHMARKS, TOOLS]
+    # The gpu_check package and the checkout; the dry run at its small shapes.
+    assert path == [TOOLS, ROOT]
     if dry_run:
         assert cmd[1:3] == ['-m', 'gpu_check.bench_ops_dry'] and '--bandwidth' in cmd
         assert res['target_met'] is None  # not judged on a CPU
@@ -407,7 +400,6 @@ def test_throughput_step_measures_the_kernels(dry_run, tmp_path, monkeypatch):
 def test_train_task_step_reads_the_log_and_the_prediction(outcome, tmp_path, monkeypatch):
     """``train_det`` around its training run (which tests/test_tools.py runs for real): the
     config it hands tools/train.py, and what it makes of the log and the predict summary."""
-    monkeypatch.syspath_prepend(TOOLS)  # runner_env, as the step's process has it
     mkdtemp = gpu_check.tier2.tempfile.mkdtemp
     monkeypatch.setattr(gpu_check.tier2.tempfile, 'mkdtemp',
                         lambda suffix=None, prefix=None, dir=None: mkdtemp(
@@ -464,7 +456,7 @@ def test_bandwidth_fraction_arithmetic():
 
 
 def _load_bench_ops():
-    return _import_from(osp.join(TOOLS, 'benchmarks'), 'bench_ops')[0]
+    return load_script('tools/benchmarks/bench_ops.py')
 
 
 def test_softmax_pool_bandwidth_counts_the_bytes_on_cpu(monkeypatch):

@@ -372,13 +372,85 @@ def test_setup_plan_errors():
     assert 'no CUDA toolkit (nvcc with libcudart) was found' in no_toolkit.stderr
 
 
-def test_setup_scripts_name_no_package_index():
-    # The machine's pip and uv settings choose the index; the scripts never name one. A lint
-    # of their text: running them is a whole install (make setup, make test-compat), and the
-    # mmcv build's pip calls are checked by behaviour below.
-    for script in ('setup_env.sh', osp.join('install', 'compat_env.sh')):
-        text = open(osp.join(ROOT, 'tools', script)).read()
-        assert '--index-url' not in text and '://' not in text, script
+# An interpreter and a uv for the install scripts: each call is recorded (arguments, the
+# requirement files it reads, the index settings it sees) and nothing is downloaded or built.
+# `python -m venv DIR` makes DIR/bin/python and DIR/bin/uv, both this stand-in.
+RECORDING_STANDIN = r"""#!{python}
+import json, os, shutil, sys
+args, tool = sys.argv[1:], os.path.basename(sys.argv[0])
+requirements = []
+for flag, value in zip(args, args[1:]):
+    if flag in ('-r', '--requirement'):
+        with open(value) as f:  # a file, or the pipe of a process substitution
+            requirements += [line.strip() for line in f
+                             if line.strip() and not line.lstrip().startswith('#')]
+with open(os.environ['FAKE_CALLS'], 'a') as f:
+    f.write(json.dumps(dict(tool=tool, args=args, requirements=requirements, env={{
+        k: os.environ.get(k) for k in ('PIP_INDEX_URL', 'UV_INDEX_URL', 'UV_DEFAULT_INDEX',
+                                       'PIP_EXTRA_INDEX_URL')}})) + '\n')
+if tool == 'uv' or args[:2] in (['-m', 'pip'], ['-m', 'compileall']):
+    pass  # uv --version answers nothing: the script installs uv with pip first
+elif args == ['--version']:
+    print('Python 3.11.0')
+elif args[:2] == ['-m', 'venv']:
+    os.makedirs(os.path.join(args[2], 'bin'))
+    for name in ('python', 'uv'):
+        shutil.copy(sys.argv[0], os.path.join(args[2], 'bin', name))
+elif args[0].endswith('mmcv_wheels.py'):
+    print({{'mmcv-plan': "MMCV_FLAVOUR=cpu\nMMCV_REASON='no GPU'\nMMCV_CACHE_KEY=key\n"
+                        "MMCV_LEGACY_CACHE_KEY=old\nMMCV_ARCHS=''\nMMCV_ARCH_DESCRIPTION=''\n"
+                        "MMCV_CUDA_HOME=''\nMMCV_CUDA_INCLUDES=''",
+           'find-wheel': os.environ['FAKE_WHEEL'], 'check-install': ''}}[args[1]])
+elif args[0] == '-c' and 'sysconfig' in args[1]:
+    print(os.environ['FAKE_SITE'])
+elif args[0] == '-':
+    sys.stdin.read()
+"""
+# An option that names where packages come from, in a call or a requirement file.
+INDEX_OPTIONS = re.compile(r'^(-i|-f|--index|--index-url|--extra-index-url|--default-index|'
+                           r'--find-links)(=|$)|://')
+
+
+@pytest.mark.parametrize('script', [['setup_env.sh'],
+                                    [osp.join('install', 'compat_env.sh'), 'oldest'],
+                                    [osp.join('install', 'compat_env.sh'), 'newest',
+                                     '--toolboxes', '--editable']])
+def test_setup_scripts_name_no_package_index(script, tmp_path):
+    # The machine's pip and uv settings choose the index; the scripts never name one. Each
+    # script runs its whole install against stand-ins for Python, pip and uv.
+    standin = tmp_path / 'python'
+    standin.write_text(RECORDING_STANDIN.format(python=sys.executable))
+    standin.chmod(0o755)
+    calls, wheel = tmp_path / 'calls.jsonl', str(tmp_path / 'mmcv-2.1.0-cp311-linux_x86_64.whl')
+    (tmp_path / 'site').mkdir()
+    index = 'https://index.example/simple'  # the machine's own setting, passed through
+    env = dict(os.environ, PYTHON=str(standin), VENV=str(tmp_path / 'venv'),
+               COMPAT_VENVS=str(tmp_path / 'compat'), DUALFORMER_CACHE=str(tmp_path / 'cache'),
+               FAKE_CALLS=str(calls), FAKE_WHEEL=wheel, FAKE_SITE=str(tmp_path / 'site'),
+               MAX_JOBS='1', PIP_INDEX_URL=index, UV_INDEX_URL=index)
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', script[0]), *script[1:]],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    installs = [c for c in recorded if 'install' in c['args']]
+    for call in recorded:
+        named = [a for a in call['args'] + call['requirements'] if INDEX_OPTIONS.search(a)]
+        assert not named, (call['tool'], call['args'])
+        # Neither set nor cleared: what the machine says reaches pip and uv.
+        assert call['env']['PIP_INDEX_URL'] == call['env']['UV_INDEX_URL'] == index, call
+    # The calls that install (uv, then the pip of the README's command for a corner) ran.
+    assert any(c['tool'] == 'python' and c['args'][:3] == ['-m', 'pip', 'install'] and
+               any(a.startswith('uv==') for a in c['args']) for c in installs)
+    packages = [r for c in installs if c['tool'] == 'uv' for r in c['args'] + c['requirements']]
+    assert any(p.startswith('torch==') for p in packages), packages
+    if script == ['setup_env.sh'] or '--toolboxes' in script:  # an mmcv pin: its wheel
+        assert wheel in packages  # the one build_mmcv.sh found for the plan
+    if script == ['setup_env.sh']:
+        assert any(c['tool'] == 'uv' and c['args'][-2:] == ['-e', ROOT] for c in installs)
+    else:
+        (readme, ) = [c for c in installs if c['tool'] == 'python' and '.' in c['args']]
+        assert readme['args'][:4] == ['-m', 'pip', 'install', '-v'] and \
+            '--no-build-isolation' in readme['args']
 
 
 def test_bytecode_is_written_for_every_package_even_where_python_writes_none(tmp_path):

@@ -21,7 +21,7 @@ import torch
 
 from dualformer_mm import compat
 from dualformer_mm.utils import build_model_from_cfg
-from tests.utils import ARCHS, TINY_ARCH
+from tests.utils import ARCHS, TINY_ARCH, load_script
 
 pytest.importorskip('onnx', reason='onnx is not installed (requirements/tests.txt pins it)')
 ort = pytest.importorskip('onnxruntime',
@@ -29,11 +29,10 @@ ort = pytest.importorskip('onnxruntime',
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools', 'deployment')
-sys.path.insert(0, TOOLS)
-import _onnx  # noqa: E402
-import _targets  # noqa: E402
-import _tensorrt  # noqa: E402
-import pytorch2onnx  # noqa: E402
+# After the skips: the tensorrt module imports onnx.
+from dualformer_mm.deployment import onnx_export, targets, tensorrt  # noqa: E402
+
+pytorch2onnx = load_script('tools/deployment/pytorch2onnx.py')
 
 CLS = osp.join(ROOT, 'configs', 'mmpretrain', 'dualformer_{}_in1k.py')
 SEG = osp.join(ROOT, 'configs', 'mmseg', 'upernet_dualformer_{}_ade20k.py')
@@ -71,9 +70,10 @@ def _randomise_statistics(model: torch.nn.Module) -> torch.nn.Module:
 def _tie_free(target, shape):
     """A seeded image of ``shape`` with no token near an LSH hyperplane: on such an image
     ONNX Runtime and PyTorch partition alike and differ by rounding only."""
-    images, margin = _onnx.tie_free_images(target, shape)
-    assert margin is None or margin >= _onnx.TIE_MARGIN, \
-        f'{_onnx.TIE_FREE_DRAWS} seeded images of {shape} all have a near tie (widest {margin})'
+    images, margin = onnx_export.tie_free_images(target, shape)
+    assert margin is None or margin >= onnx_export.TIE_MARGIN, \
+        f'{onnx_export.TIE_FREE_DRAWS} seeded images of {shape} all have a near tie ' \
+        f'(widest {margin})'
     return images
 
 
@@ -81,17 +81,17 @@ def _export_and_check(target, tmp_path, shape, dynamic=False, sizes=None, export
     _randomise_statistics(target.module)
     path = str(tmp_path / 'model.onnx')
     images = torch.randn(*shape)
-    used = _onnx.export(target.module, images, path, target.output_names, dynamic=dynamic,
+    used = onnx_export.export(target.module, images, path, target.output_names, dynamic=dynamic,
                         exporter=exporter)
-    session = _onnx.session(path)
-    results = [_onnx.check(target, path, _tie_free(target, s), session)
+    session = onnx_export.session(path)
+    results = [onnx_export.check(target, path, _tie_free(target, s), session)
                for s in (sizes or [shape])]
     return used, path, results
 
 
 @pytest.mark.slow
 def test_backbone_dynamic_export_in_both_partition_regimes(tmp_path):
-    target = _targets.build_target(_tiny_config(tmp_path, CLS.format('t')), part='backbone')
+    target = targets.build_target(_tiny_config(tmp_path, CLS.format('t')), part='backbone')
     assert target.output_names == ['stage1', 'stage2', 'stage3', 'stage4']
     _, path, (few, many, batch3) = _export_and_check(
         target, tmp_path, (2, 3, 64, 96), dynamic=True,
@@ -102,40 +102,40 @@ def test_backbone_dynamic_export_in_both_partition_regimes(tmp_path):
         assert result.max_abs_diff <= ATOL, result.describe()
         assert result.max_abs_ref > 0.1  # the outputs are not all near zero
     # The partition ops became native ONNX operators (their reference decomposition).
-    types = _onnx.op_types(path)
+    types = onnx_export.op_types(path)
     assert {'ScatterElements', 'ScatterND', 'Einsum'} <= set(types)
     assert not [op for op in types if 'dualformer' in op.lower()]
     # For TensorRT's parser: no ScatterND with a reduction, the same numbers.
-    assert _tensorrt.rewrite_file(path) == (types['ScatterND'], 0)
-    types_trt = _onnx.op_types(path)
+    assert tensorrt.rewrite_file(path) == (types['ScatterND'], 0)
+    types_trt = onnx_export.op_types(path)
     assert 'ScatterND' not in types_trt
     assert types_trt['ScatterElements'] == types['ScatterElements'] + types['ScatterND']
-    session = _onnx.session(path)
+    session = onnx_export.session(path)
     for shape in ((2, 3, 64, 96), (1, 3, 224, 160)):
-        result = _onnx.check(target, path, _tie_free(target, shape), session)
+        result = onnx_export.check(target, path, _tie_free(target, shape), session)
         assert result.max_abs_diff <= ATOL, result.describe()
 
 
 @pytest.mark.slow
 def test_segmentor_export_is_the_whole_inference(tmp_path):
-    target = _targets.build_target(_tiny_config(tmp_path, SEG.format('t')))
+    target = targets.build_target(_tiny_config(tmp_path, SEG.format('t')))
     assert target.output_names == ['seg_logits']
     _, path, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64))
     assert result.max_abs_diff <= ATOL, result.describe()
     # Resized to the input inside the graph: 150 ADE20K classes at 64x64.
-    session = _onnx.session(path)
+    session = onnx_export.session(path)
     assert session.run(None, {'images': torch.randn(1, 3, 64, 64).numpy()})[0].shape == \
         (1, 150, 64, 64)
 
 
 @pytest.mark.slow
 def test_detector_export_is_backbone_and_fpn(tmp_path):
-    target = _targets.build_target(_tiny_config(tmp_path, DET.format('t')))
+    target = targets.build_target(_tiny_config(tmp_path, DET.format('t')))
     assert target.output_names == [f'fpn{i}' for i in range(5)] and target.size_divisor == 32
-    assert 'mmdeploy' in _targets.DETECTOR_HEADS_NOTE
+    assert 'mmdeploy' in targets.DETECTOR_HEADS_NOTE
     _, path, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64))
     assert result.max_abs_diff <= ATOL, result.describe()
-    outs = _onnx.session(path).run(None, {'images': torch.randn(1, 3, 64, 64).numpy()})
+    outs = onnx_export.session(path).run(None, {'images': torch.randn(1, 3, 64, 64).numpy()})
     assert [o.shape for o in outs] == [(1, 256, 16, 16), (1, 256, 8, 8), (1, 256, 4, 4),
                                        (1, 256, 2, 2), (1, 256, 1, 1)]
 
@@ -154,8 +154,8 @@ def test_command_line_classifier_with_checkpoint(tmp_path):
     assert 'classifier logits' in result.stdout and f'loaded {checkpoint}' in result.stdout
     assert 'opset 18' in result.stdout and 'max |onnxruntime - pytorch|' in result.stdout
     # The file holds the checkpoint's weights.
-    x = _tie_free(_targets.build_target(config, checkpoint), (1, 3, 64, 64))
-    got = _onnx.session(out).run(None, {'images': x.numpy()})[0]
+    x = _tie_free(targets.build_target(config, checkpoint), (1, 3, 64, 64))
+    got = onnx_export.session(out).run(None, {'images': x.numpy()})[0]
     with torch.no_grad():
         want = classifier(x, mode='tensor')
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=ATOL)
@@ -163,7 +163,7 @@ def test_command_line_classifier_with_checkpoint(tmp_path):
 
 def test_torchscript_exporter(tmp_path):
     # The only exporter of torch 2.1-2.4; forced here on this torch.
-    target = _targets.build_target(CLS.format('t'), part='backbone')
+    target = targets.build_target(CLS.format('t'), part='backbone')
     used, _, (result, ) = _export_and_check(target, tmp_path, (1, 3, 64, 64),
                                             exporter='torchscript')
     assert used == 'torchscript'
@@ -173,7 +173,7 @@ def test_torchscript_exporter(tmp_path):
 def test_bad_requests_name_what_is_accepted(capsys):
     with pytest.raises(ValueError, match=r"--part must be one of \('auto', 'backbone', "
                        r"'classifier'\) for a mmpretrain config, got 'segmentor'"):
-        _targets.build_target(CLS.format('t'), part='segmentor')
+        targets.build_target(CLS.format('t'), part='segmentor')
     assert pytorch2onnx.main([DET.format('t'), '--out', 'x.onnx', '--shape', '100', '96']) == 2
     assert 'multiples of 32' in capsys.readouterr().err
     assert pytorch2onnx.main([CLS.format('t'), '--out', 'x.onnx', '--shape', '65', '64',
@@ -184,8 +184,8 @@ def test_bad_requests_name_what_is_accepted(capsys):
                                  '--check-shape', '96', '96'])
     assert '--check-shape needs --dynamic' in capsys.readouterr().err
     if not compat.HAS_DYNAMO_ONNX_EXPORT:
-        with pytest.raises(_onnx.DeploymentError, match='needs torch >= 2.5'):
-            _onnx.resolve_exporter('dynamo')
+        with pytest.raises(onnx_export.DeploymentError, match='needs torch >= 2.5'):
+            onnx_export.resolve_exporter('dynamo')
     assert not osp.exists('x.onnx')
 
 
@@ -202,44 +202,46 @@ def test_margin_is_the_smallest_cos_of_a_token_to_a_plane():
     along -= (along @ normal) * normal
     tokens[1, 0, 3] = 5 * (along / along.norm() + 1e-4 * normal) / (1 + 1e-8) ** 0.5
     plain = attn.partition_codes(tokens)
-    with _targets.partition_statistics(net) as stats:
+    with targets.partition_statistics(net) as stats:
         recorded = attn.partition_codes(tokens)
     assert stats == dict(margin=pytest.approx(1e-4, rel=1e-2))  # float32 tokens
     assert torch.equal(recorded, plain) and 'partition_codes' not in vars(attn)
     # K-Means partitions have no planes: no margin.
     kmeans = DualFormer(TINY_ARCH, attn_cfg=dict(partition='kmeans')).eval()
-    with _targets.partition_statistics(kmeans) as stats:
+    with targets.partition_statistics(kmeans) as stats:
         kmeans(torch.randn(1, 3, 32, 32))
     assert 'margin' not in stats and stats['partitions'] == 8
 
 
 def test_tie_free_images_draw_seeded_images_until_the_margin_allows(monkeypatch):
-    target = _targets.build_target(CLS.format('t'), part='backbone')
+    target = targets.build_target(CLS.format('t'), part='backbone')
     shape = (1, 3, 32, 32)
     draws = [torch.randn(*shape, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     margins = []
     for images in draws:
-        with torch.no_grad(), _targets.partition_statistics(target.backbone) as stats:
+        with torch.no_grad(), targets.partition_statistics(target.backbone) as stats:
             target.reference(images)
         margins.append(stats['margin'])
     # The first draw whose margin reaches TIE_MARGIN, from the given seed on.
-    monkeypatch.setattr(_onnx, 'TIE_MARGIN', sorted(margins)[-2])
-    first = next(i for i, m in enumerate(margins) if m >= _onnx.TIE_MARGIN)
-    images, margin = _onnx.tie_free_images(target, shape, draws=4)
+    monkeypatch.setattr(onnx_export, 'TIE_MARGIN', sorted(margins)[-2])
+    first = next(i for i, m in enumerate(margins) if m >= onnx_export.TIE_MARGIN)
+    images, margin = onnx_export.tie_free_images(target, shape, draws=4)
     assert torch.equal(images, draws[first]) and margin == margins[first]
-    images, margin = _onnx.tie_free_images(target, shape, draws=3, seed=1)
-    assert torch.equal(images, draws[1 + [m >= _onnx.TIE_MARGIN for m in margins[1:]].index(True)])
+    images, margin = onnx_export.tie_free_images(target, shape, draws=3, seed=1)
+    later = [m >= onnx_export.TIE_MARGIN for m in margins[1:]]
+    assert torch.equal(images, draws[1 + later.index(True)])
     # None reaches it: the widest of the draws.
-    monkeypatch.setattr(_onnx, 'TIE_MARGIN', 1.0)
-    images, margin = _onnx.tie_free_images(target, shape, draws=4)
+    monkeypatch.setattr(onnx_export, 'TIE_MARGIN', 1.0)
+    images, margin = onnx_export.tie_free_images(target, shape, draws=4)
     widest = max(range(4), key=margins.__getitem__)
     assert torch.equal(images, draws[widest]) and margin == margins[widest]
-    assert _onnx.CheckResult(shape, 0.0, 1.0, 4, 16, 8, margin).near_tie
-    assert 'a near tie' in _onnx.CheckResult(shape, 0.0, 1.0, 4, 16, 8, margin).describe()
+    assert onnx_export.CheckResult(shape, 0.0, 1.0, 4, 16, 8, margin).near_tie
+    assert 'a near tie' in onnx_export.CheckResult(shape, 0.0, 1.0, 4, 16, 8, margin).describe()
 
 
 def test_docstring_examples():
-    for module in (_onnx, _targets, _tensorrt):
+    import dualformer_mm.deployment as package
+    for module in (package, onnx_export, targets, tensorrt):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
@@ -263,7 +265,7 @@ EVERY_PART = {
 @pytest.mark.parametrize('arch', ARCHS)
 def test_every_size_and_part(arch, part, tmp_path):
     config, shape, dynamic, sizes = EVERY_PART[part]
-    target = _targets.build_target(config.format(arch), part=part)
+    target = targets.build_target(config.format(arch), part=part)
     _, _, results = _export_and_check(target, tmp_path, shape, dynamic, sizes)
     for result in results:
         assert not result.near_tie, result.describe()

@@ -47,7 +47,6 @@ def _load_tool(relpath: str):
 
 
 def test_demo_refuses_another_toolboxs_config(monkeypatch, capsys):
-    monkeypatch.setattr(sys, 'path', list(sys.path))  # the tool puts the checkout first
     demo = _load_tool('tools/demo/image_demo_cls.py')
     monkeypatch.setattr(sys, 'argv', ['image_demo_cls.py', 'missing.png',
                                       osp.join(ROOT, CONFIGS['mmdet'])])
@@ -62,7 +61,6 @@ def test_demo_refuses_another_toolboxs_config(monkeypatch, capsys):
 def test_train_refuses_a_config_of_no_known_toolbox(tmp_path, monkeypatch):
     cfg = tmp_path / 'other.py'
     cfg.write_text(f"_base_ = '{osp.join(ROOT, CONFIGS['mmseg'])}'\ndefault_scope = 'mmocr'\n")
-    monkeypatch.setattr(sys, 'path', list(sys.path))  # the tool puts tools/ first
     train = _load_tool('tools/train.py')
     monkeypatch.setattr(sys, 'argv', ['train.py', str(cfg)])
     with pytest.raises(ValueError, match=r"default_scope must be one of \('mmpretrain', "

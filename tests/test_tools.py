@@ -8,6 +8,7 @@ inherited by a small override file that points them at the data and shrinks the 
 runs of the tools through their launchers are marked ``slow``. Resuming a run is tested in
 tests/test_reliability.py, the gradients of two gloo processes in tests/test_distributed.py.
 """
+import doctest
 import importlib.util
 import json
 import os
@@ -384,7 +385,6 @@ def threads():
     return len(os.listdir('/proc/self/task'))
 
 root, name = sys.argv[1], sys.argv[2]
-sys.path.insert(0, os.path.join(root, 'tools'))
 spec = importlib.util.spec_from_file_location(name, os.path.join(root, 'tools', name + '.py'))
 tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)
@@ -510,3 +510,48 @@ def test_get_flops_detector_and_segmentor():
     # Neck and heads add to the backbone's cost; 25 M parameters as in Table 3.
     assert det_flops > 2 * backbone_flops and seg_flops > 2 * backbone_flops
     assert det_params / 1e6 == pytest.approx(25, rel=0.05)
+
+
+# --- what the tools share lives in the package, out of `import dualformer_mm`'s way -----------
+
+TOOL_MODULES = ('dualformer_mm.deployment', 'dualformer_mm.benchmark', 'dualformer_mm.analysis',
+                'dualformer_mm.utils.runner')
+HEAVY = ('onnx', 'onnxruntime', 'mmdet', 'mmseg', 'mmpretrain', 'timm')
+
+
+def _fresh_modules(code: str) -> set:
+    """The modules ``sys.modules`` holds after ``code``, in a new interpreter."""
+    result = subprocess.run([PYTHON, '-c', f'{code}\nimport sys; print(sorted(sys.modules))'],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return set(eval(result.stdout.strip().splitlines()[-1]))
+
+
+def test_package_import_leaves_the_tools_modules_and_toolboxes_out():
+    loaded = _fresh_modules('import dualformer_mm')
+    assert 'dualformer_mm.models' in loaded  # the control: the package itself is there
+    tools = sorted(m for m in loaded if m.startswith(TOOL_MODULES))
+    assert not tools, tools
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_tools_modules_import_without_onnx_or_the_toolboxes():
+    # What every script imports at its top; onnx only in deployment.tensorrt, the toolboxes
+    # only when a function needs them.
+    code = '\n'.join(f'import {m}' for m in (
+        'dualformer_mm.deployment', 'dualformer_mm.deployment.onnx_export',
+        'dualformer_mm.deployment.targets', 'dualformer_mm.utils.runner',
+        'dualformer_mm.analysis.ablation.runner', 'dualformer_mm.analysis.ablation.report',
+        *(f'dualformer_mm.benchmark.{name}' for name in (
+            'detectors', 'errors', 'measure', 'options', 'output', 'ratios', 'timm_features',
+            'train_report', 'training', 'zoo'))))
+    loaded = _fresh_modules(code)
+    assert 'dualformer_mm.benchmark.zoo' in loaded
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_runner_and_environment_docstring_examples():
+    from dualformer_mm.utils import environment, runner
+    for module in (environment, runner):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

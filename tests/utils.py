@@ -1,6 +1,13 @@
-"""Device lists and model helpers shared by the tests."""
+"""Device lists, model helpers and the loading of tools' scripts shared by the tests."""
+import importlib.util
+import os.path as osp
+import sys
+import types
+
 import pytest
 import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # Every CUDA case carries the `cuda` marker: `pytest -m cuda` runs exactly them (what
 # tools/gpu_check.sh does on a GPU machine), and they skip without a CUDA device.
@@ -15,3 +22,63 @@ ARCHS = ['t', 'xs', 's', 'b']
 # takes both the tiled and the plain FFN; two and three heads per stage in the later stages.
 TINY_ARCH = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 144], num_heads=[1, 2, 2, 3],
                  mlp_ratios=[2, 2, 2, 2])
+
+
+def load_script(path: str) -> types.ModuleType:
+    """The module of the script ``path`` (relative to the repository root), loaded from its
+    file as ``python path`` would run it, without running its ``__main__`` block.
+
+    A script is a command line, no package member: the tests call its ``main(argv)`` or
+    ``parse_args`` through this instead of putting its folder on ``sys.path``. Each script
+    is loaded once per process, as ``tools_script.<path without .py, dots for slashes>``.
+
+    Args:
+        path (str): E.g. ``'tools/deployment/pytorch2onnx.py'``.
+
+    Returns:
+        types.ModuleType: The script's module.
+    """
+    name = 'tools_script.' + osp.splitext(path)[0].replace('/', '.')
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, path))
+        module = importlib.util.module_from_spec(spec)
+        # Registered first: a dataclass of the script looks its module up while it is built.
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+def load_package(path: str) -> types.ModuleType:
+    """The package of the folder ``path`` (relative to the repository root) under its folder's
+    name, as ``python -m NAME`` imports it with the folder's parent on ``PYTHONPATH``.
+
+    ``tools/gpu_check`` is such a package: ``tools/gpu_check.sh`` runs it that way, and its
+    configs name its modules (``custom_imports``). Its modules then import as
+    ``importlib.import_module('gpu_check.common')``, without ``sys.path`` holding ``tools/``.
+
+    Args:
+        path (str): E.g. ``'tools/gpu_check'``.
+
+    Returns:
+        types.ModuleType: The package.
+    """
+    folder = osp.join(ROOT, path)
+    name = osp.basename(path.rstrip('/'))
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, osp.join(folder, '__init__.py'), submodule_search_locations=[folder])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    elif osp.dirname(sys.modules[name].__file__) != folder:
+        raise ImportError(f'{name} is already imported from {sys.modules[name].__file__}, '
+                          f'not {folder}')
+    return sys.modules[name]

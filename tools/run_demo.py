@@ -17,21 +17,22 @@ import argparse
 import json
 import os
 import os.path as osp
+import shlex
 import shutil
 import sys
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from dualformer_mm.demo import make_demo_datasets
+from dualformer_mm.utils.environment import FIGURE_PACKAGES, describe_run
+from dualformer_mm.visualization import (draw_partitions, partition_capacity,
+                                         record_partitions)
 
-from dualformer_mm.demo import make_demo_datasets  # noqa: E402
-from dualformer_mm.visualization import draw_partitions, record_partitions  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 TASKS = {
     'cls': dict(config='configs/demo/cls_dualformer_t_demo.py',
@@ -176,7 +177,9 @@ def visualize(task: str, result: Dict, args: argparse.Namespace, count: int = 3)
 
 
 def visualize_partitions(result: Dict, args: argparse.Namespace) -> str:
-    """Paint the LSH partitions of each stage of the trained segmentor on one image."""
+    """Paint the LSH partitions of each stage of the trained segmentor on one image: one
+    labelled panel per stage (its stride, MHPA's token grid, the partitions filled), under a
+    title naming the model, the command, the machine and the versions."""
     import mmcv
     img_path = val_images('seg', args.data_root, 1)[0]
     image = mmcv.imread(img_path, channel_order='rgb')
@@ -185,8 +188,12 @@ def visualize_partitions(result: Dict, args: argparse.Namespace) -> str:
         dict(inputs=[torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1)]), False)
     records = record_partitions(model.backbone, batch['inputs'])
     out = osp.join(args.work_dir, 'vis', 'partitions.png')
-    big = np.asarray(mmcv.imrescale(image, 3.0))
-    draw_partitions(big, records, out)
+    command = shlex.join(['python', 'tools/run_demo.py', *sys.argv[1:]])
+    title = (f"LSH partitions of the trained DualFormer-T segmentor ({result['config']}) on "
+             f'{osp.basename(img_path)}\n'
+             + describe_run(command, FIGURE_PACKAGES + ('mmsegmentation', )))
+    draw_partitions(image, records, out, title=title,
+                    capacity=partition_capacity(model.backbone))
     return out
 
 

@@ -12,17 +12,14 @@ Examples:
 import argparse
 import os
 import os.path as osp
-import sys
 
 from mmengine.config import DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from runner_env import (LAUNCHERS, require_datasets, setup_device, setup_scope,  # noqa: E402
-                        teardown_distributed)
-from train import load_config  # noqa: E402
+from dualformer_mm.utils.runner import (LAUNCHERS, load_config, require_datasets, setup_device,
+                                        setup_scope, teardown_distributed)
 
 
 def parse_args() -> argparse.Namespace:

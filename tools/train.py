@@ -4,7 +4,7 @@
 
 The config's ``default_scope`` (``mmpretrain``, ``mmdet`` or ``mmseg``) picks the toolbox; its
 ``custom_imports`` registers DualFormer. On a machine without CUDA the same command runs on
-CPU, distributed runs with the gloo backend (see ``tools/runner_env.py``).
+CPU, distributed runs with the gloo backend (see ``dualformer_mm/utils/runner.py``).
 
 Examples:
     python tools/train.py configs/mmdet/mask_rcnn_dualformer_s_1x.py
@@ -13,17 +13,13 @@ Examples:
 import argparse
 import os
 import os.path as osp
-import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from dualformer_mm.utils import config_toolbox
-
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from runner_env import (LAUNCHERS, require_datasets, setup_device, setup_scope,  # noqa: E402
-                        teardown_distributed)
+from dualformer_mm.utils.runner import (LAUNCHERS, load_config, require_datasets, setup_device,
+                                        setup_scope, teardown_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,15 +44,6 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
-
-
-def load_config(path: str, cfg_options: dict = None) -> Config:
-    """Load a config, apply --cfg-options and check that it names one of the toolboxes."""
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    config_toolbox(cfg, path)
-    return cfg
 
 
 def train(args: argparse.Namespace) -> None:

@@ -1,3 +1,5 @@
-from .partitions import draw_partitions, record_partitions
+from .partitions import (draw_partition_grid, draw_partitions, partition_capacity,
+                         partition_figure, record_partitions)
 
-__all__ = ['draw_partitions', 'record_partitions']
+__all__ = ['draw_partition_grid', 'draw_partitions', 'partition_capacity', 'partition_figure',
+           'record_partitions']

@@ -2,9 +2,11 @@
 """The partitions MHPA draws on an image (paper section 3.2, Figure 6).
 
 Records the partition codes every :class:`PartitionAttention` module computes during one
-forward pass and paints them over the image: :func:`draw_partitions` writes one strip, one
-panel per stage (first block, first head); :func:`draw_partition_grid` writes a labelled
-matplotlib grid of every stage, and optionally every head and every block. The helpers
+forward pass and paints them over the image, one labelled panel per drawn module and head
+(stage and its stride, block, head, MHPA's token grid, partitions used of those it has):
+:func:`partition_figure` builds the matplotlib figure, :func:`draw_partition_grid` writes a
+grid of every stage, and optionally every head and every block, and :func:`draw_partitions`
+the one-row strip of ``make demo`` (first block of each stage, first head). The helpers
 :func:`build_backbone`, :func:`config_normalization`, :func:`preprocess_image` and
 :func:`synthetic_image` prepare a backbone and an input from a config of this repository; the
 analysis tools (``tools/visualization/partitions.py``, ``tools/analysis/fourier.py``) share
@@ -16,7 +18,7 @@ import math
 import os
 import os.path as osp
 import re
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +28,9 @@ from PIL import Image
 
 from dualformer_mm.models import DualFormer, PartitionAttention
 from dualformer_mm.utils.complexity import build_model_from_cfg
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 # ImageNet mean and std (RGB, 0-255), used when a config names no data preprocessor.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -87,29 +92,37 @@ def record_partitions(backbone: torch.nn.Module, image: torch.Tensor) -> Dict[st
 
 
 def draw_partitions(image: np.ndarray, records: Dict[str, torch.Tensor], out_file: str,
-                    alpha: float = 0.55) -> List[str]:
-    """Paint the partitions of the first block of each stage (head 0) beside the image.
+                    alpha: float = 0.55, title: Optional[str] = None,
+                    capacity: Optional[Dict[str, int]] = None) -> List[str]:
+    """Write one labelled row: the image, then the first block of each stage (head 1).
+
+    Each panel names its stage and stride, block and head, MHPA's token grid and how many
+    partitions its tokens fill (:func:`partition_figure`).
 
     Args:
         image (np.ndarray): RGB uint8 image (H, W, 3) the codes were computed on.
         records (dict): Output of :func:`record_partitions`.
-        out_file (str): PNG to write.
+        out_file (str): PNG to write (its folder is created).
         alpha (float): Opacity of the partition colours. Defaults to 0.55.
+        title (str, optional): Figure title, e.g. the command, machine and versions.
+        capacity (dict, optional): Partitions each module has (:func:`partition_capacity`),
+            to label panels "used of capacity". Defaults to None (the count used only).
 
     Returns:
         list[str]: The module names drawn, in panel order.
+
+    Example:
+        >>> import tempfile
+        >>> net = DualFormer('t').eval()
+        >>> image = np.zeros((64, 64, 3), np.uint8)
+        >>> records = record_partitions(net, torch.zeros(1, 3, 64, 64))
+        >>> draw_partitions(image, records, tempfile.mktemp(suffix='.png'))[:2]
+        ['stages.0.blocks.0.attn', 'stages.1.blocks.0.attn']
     """
-    height = image.shape[0]
-    names = []
-    for name in records:
-        stage = name.split('.blocks.')[0]
-        if name.endswith('blocks.0.attn') and stage not in {n.split('.blocks.')[0] for n in names}:
-            names.append(name)
-    panels = [image] + [overlay_codes(image, records[name][0].numpy(), alpha) for name in names]
-    gap = np.full((height, 4, 3), 255, np.uint8)
-    row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-    Image.fromarray(row).save(out_file)
-    return names
+    stages = {p['stage'] for p in select_partition_panels(records)}
+    panels = draw_partition_grid(image, records, out_file, alpha=alpha, title=title,
+                                 columns=len(stages) + 1, capacity=capacity)
+    return [p['module'] for p in panels]
 
 
 def overlay_codes(image: np.ndarray, codes: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -131,7 +144,7 @@ def select_partition_panels(records: Dict[str, torch.Tensor], all_heads: bool = 
 
     Returns:
         list[dict]: One dict per panel with ``module``, ``stage``, ``block`` and ``head``
-        (0-based) and ``codes`` (int64 array (h, w)).
+        (0-based), ``num_heads`` (of the module) and ``codes`` (int64 array (h, w)).
     """
     panels = []
     keyed = []
@@ -146,32 +159,117 @@ def select_partition_panels(records: Dict[str, torch.Tensor], all_heads: bool = 
         codes = records[name]
         for head in range(codes.shape[0] if all_heads else 1):
             panels.append(dict(module=name, stage=stage, block=block, head=head,
-                               codes=codes[head].numpy()))
+                               num_heads=codes.shape[0], codes=codes[head].numpy()))
     return panels
 
 
-def draw_partition_grid(image: np.ndarray, records: Dict[str, torch.Tensor], out_file: str,
-                        all_heads: bool = False, all_blocks: bool = False, alpha: float = 0.55,
-                        title: Optional[str] = None, columns: int = 5) -> List[Dict]:
-    """Write a labelled grid of the LSH partitions over the image, as in the paper's Figure 6.
+def stage_stride(stage: int) -> int:
+    """The stride of DualFormer's ``stage`` (0-based) against the input image.
+
+    A stride-4 patch embedding, then a stride-2 downsampling before each later stage.
+
+    Example:
+        >>> [stage_stride(i) for i in range(4)]
+        [4, 8, 16, 32]
+    """
+    if stage < 0:
+        raise ValueError(f'stage must be >= 0, got {stage}')
+    return 4 * 2**stage
+
+
+def partition_capacity(backbone: torch.nn.Module) -> Dict[str, int]:
+    """How many partitions each MHPA module of ``backbone`` has, by its module name.
+
+    The names are those :func:`record_partitions` keys its codes by.
+
+    Args:
+        backbone (nn.Module): A DualFormer (or a model holding MHPA modules).
+
+    Returns:
+        dict: module name -> number of partitions per head.
+
+    Example:
+        >>> capacity = partition_capacity(DualFormer('t'))
+        >>> capacity['stages.0.blocks.0.attn'], capacity['stages.3.blocks.0.attn']
+        (8, 8)
+    """
+    return {name: int(module.num_partitions) for name, module in backbone.named_modules()
+            if isinstance(module, PartitionAttention)}
+
+
+def panel_title(panel: Dict, capacity: Optional[Dict[str, int]] = None) -> str:
+    """The label of one partition panel of :func:`select_partition_panels`.
+
+    Three lines: the stage (1-based) and its stride; the block and the head, of the module's
+    heads; the partitions its tokens fill (of those it has, when ``capacity`` names the
+    module) and MHPA's token grid (the stage's map after MHPA's downsampling).
+
+    Args:
+        panel (dict): One entry of :func:`select_partition_panels` (``num_heads`` included).
+        capacity (dict, optional): Output of :func:`partition_capacity`.
+
+    Returns:
+        str: The title.
+
+    Example:
+        >>> codes = np.array([[0, 1], [1, 3]])
+        >>> panel = dict(module='stages.1.blocks.0.attn', stage=1, block=0, head=1,
+        ...              num_heads=2, codes=codes)
+        >>> print(panel_title(panel, {'stages.1.blocks.0.attn': 8}))
+        stage 2, stride 8
+        block 1, head 2 of 2
+        3 of 8 partitions, 2x2 tokens
+    """
+    used = len(np.unique(panel['codes']))
+    limit = (capacity or {}).get(panel['module'])
+    filled = f'{used} of {limit} partitions' if limit else f'{used} partitions'
+    height, width = panel['codes'].shape
+    return (f"stage {panel['stage'] + 1}, stride {stage_stride(panel['stage'])}\n"
+            f"block {panel['block'] + 1}, head {panel['head'] + 1} of {panel['num_heads']}\n"
+            f'{filled}, {height}x{width} tokens')
+
+
+def partition_figure(image: np.ndarray, records: Dict[str, torch.Tensor],
+                     all_heads: bool = False, all_blocks: bool = False, alpha: float = 0.55,
+                     title: Optional[str] = None, columns: int = 5,
+                     capacity: Optional[Dict[str, int]] = None) -> Tuple['Figure', List[Dict]]:
+    """A labelled grid of the LSH partitions over the image, as in the paper's Figure 6.
 
     Without ``all_heads`` the input and the panels fill rows of ``columns`` (by default one
     row: the input and the first block of the four stages). With ``all_heads`` each drawn block
-    gets a row: the input, then one panel per head.
+    gets a row: the input, then one panel per head. The input's panel is titled with its size;
+    each partition panel with :func:`panel_title`.
 
     Args:
         image (np.ndarray): RGB uint8 image (H, W, 3) the codes were computed on.
         records (dict): Output of :func:`record_partitions`.
-        out_file (str): Image file to write (its folder is created).
         all_heads (bool): Draw every head. Defaults to False.
         all_blocks (bool): Draw every block of every stage. Defaults to False.
         alpha (float): Opacity of the partition colours. Defaults to 0.55.
         title (str, optional): Figure title.
         columns (int): Panels per row without ``all_heads``. Defaults to 5.
+        capacity (dict, optional): Output of :func:`partition_capacity`, to give each panel's
+            partitions as "used of capacity". Defaults to None.
 
     Returns:
-        list[dict]: Per panel: ``module``, ``stage``, ``block``, ``head``, ``grid`` (h, w)
-        and ``num_partitions`` (the distinct codes in the panel).
+        tuple: The matplotlib ``Figure`` (not saved), and per partition panel, in drawing
+        order: ``module``, ``stage``, ``block``, ``head`` (0-based), ``num_heads``,
+        ``stride``, ``grid`` (h, w), ``num_partitions`` (the distinct codes in the panel),
+        ``max_partitions`` (from ``capacity``, else None) and ``title``.
+
+    Example:
+        >>> net = DualFormer('t').eval()
+        >>> records = record_partitions(net, torch.zeros(1, 3, 64, 96))
+        >>> fig, panels = partition_figure(np.zeros((64, 96, 3), np.uint8), records,
+        ...                                capacity=partition_capacity(net))
+        >>> fig.axes[0].get_title()
+        'input, 64x96'
+        >>> print(fig.axes[1].get_title())
+        stage 1, stride 4
+        block 1, head 1 of 1
+        1 of 8 partitions, 4x6 tokens
+        >>> [p['stride'] for p in panels], panels[0]['grid']
+        ([4, 8, 16, 32], [4, 6])
     """
     # The object-oriented API draws without pyplot's global state or a display.
     from matplotlib.figure import Figure
@@ -180,6 +278,8 @@ def draw_partition_grid(image: np.ndarray, records: Dict[str, torch.Tensor], out
     if not panels:
         raise ValueError('records hold no stages.<i>.blocks.<j>.attn module; pass the '
                          'output of record_partitions on a DualFormer backbone')
+    if columns < 2:
+        raise ValueError(f'columns must be >= 2 (the input and one panel), got {columns}')
     if all_heads:
         rows: List[List[Optional[Dict]]] = []
         for panel in panels:
@@ -192,9 +292,12 @@ def draw_partition_grid(image: np.ndarray, records: Dict[str, torch.Tensor], out
     num_cols = max(len(row) for row in rows)
     height, width = image.shape[:2]
     cell = 2.6
-    # Constrained layout leaves room for the suptitle, which tight_layout ignores.
-    fig = Figure(figsize=(cell * num_cols, cell * len(rows) * height / width + 0.6 * len(rows)),
+    # Constrained layout leaves room for the suptitle, which tight_layout ignores; each row
+    # has room for its panels' three title lines, and a gap keeps them off the suptitle.
+    fig = Figure(figsize=(cell * num_cols, cell * len(rows) * height / width + 0.7 * len(rows)
+                          + (0.25 * (title.count('\n') + 1) if title else 0)),
                  layout='constrained')
+    fig.get_layout_engine().set(h_pad=0.1)
     axes = fig.subplots(len(rows), num_cols, squeeze=False)
     for r, row in enumerate(rows):
         for c in range(num_cols):
@@ -204,21 +307,57 @@ def draw_partition_grid(image: np.ndarray, records: Dict[str, torch.Tensor], out
                 continue
             panel = row[c]
             if panel is None:
-                ax.imshow(image)
-                ax.set_title('input', fontsize=9)
+                ax.imshow(image, interpolation='nearest')
+                ax.set_title(f'input, {height}x{width}', fontsize=9)
                 continue
-            ax.imshow(overlay_codes(image, panel['codes'], alpha))
-            count = len(np.unique(panel['codes']))
-            ax.set_title(f"stage {panel['stage'] + 1}, block {panel['block'] + 1}, "
-                         f"head {panel['head'] + 1}\n{count} partitions", fontsize=9)
+            # Nearest: a partition's border stays where the token grid puts it.
+            ax.imshow(overlay_codes(image, panel['codes'], alpha), interpolation='nearest')
+            panel['title'] = panel_title(panel, capacity)
+            ax.set_title(panel['title'], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    folder = osp.dirname(osp.abspath(out_file))
-    os.makedirs(folder, exist_ok=True)
+    return fig, [dict(module=p['module'], stage=p['stage'], block=p['block'], head=p['head'],
+                      num_heads=p['num_heads'], stride=stage_stride(p['stage']),
+                      grid=list(p['codes'].shape),
+                      num_partitions=int(len(np.unique(p['codes']))),
+                      max_partitions=(capacity or {}).get(p['module']), title=p['title'])
+                 for p in panels]
+
+
+def draw_partition_grid(image: np.ndarray, records: Dict[str, torch.Tensor], out_file: str,
+                        all_heads: bool = False, all_blocks: bool = False, alpha: float = 0.55,
+                        title: Optional[str] = None, columns: int = 5,
+                        capacity: Optional[Dict[str, int]] = None) -> List[Dict]:
+    """Write the figure of :func:`partition_figure` to ``out_file`` (its folder is created).
+
+    Args:
+        image (np.ndarray): RGB uint8 image (H, W, 3) the codes were computed on.
+        records (dict): Output of :func:`record_partitions`.
+        out_file (str): Image file to write.
+        all_heads (bool): Draw every head. Defaults to False.
+        all_blocks (bool): Draw every block of every stage. Defaults to False.
+        alpha (float): Opacity of the partition colours. Defaults to 0.55.
+        title (str, optional): Figure title.
+        columns (int): Panels per row without ``all_heads``. Defaults to 5.
+        capacity (dict, optional): Output of :func:`partition_capacity`. Defaults to None.
+
+    Returns:
+        list[dict]: The panels of :func:`partition_figure`.
+
+    Example:
+        >>> import tempfile
+        >>> net = DualFormer('t').eval()
+        >>> records = record_partitions(net, torch.zeros(1, 3, 64, 64))
+        >>> panels = draw_partition_grid(np.zeros((64, 64, 3), np.uint8), records,
+        ...                              tempfile.mktemp(suffix='.png'), all_heads=True)
+        >>> [p['head'] for p in panels if p['stage'] == 3]
+        [0, 1, 2, 3, 4]
+    """
+    fig, panels = partition_figure(image, records, all_heads, all_blocks, alpha, title,
+                                   columns, capacity)
+    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
     fig.savefig(out_file, dpi=100)
-    return [dict(module=p['module'], stage=p['stage'], block=p['block'], head=p['head'],
-                 grid=list(p['codes'].shape), num_partitions=int(len(np.unique(p['codes']))))
-            for p in panels]
+    return panels
 
 
 @contextlib.contextmanager

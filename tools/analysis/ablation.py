@@ -9,7 +9,9 @@ image size, AdamW, warm-up and cosine, seeds) on mmpretrain ``CustomDataset`` fo
 standard deviation over the seeds, parameters, FLOPs and time per step, with the row of the
 paper's Table 5 or 6 the variant corresponds to. Each finished run (variant, seed) is kept in
 ``WORK_DIR/runs/<variant>/seed<seed>.json``; a rerun skips those, so a killed experiment
-continues where it stopped. The variants are the table in ``tools/analysis/ablation/variants.py``.
+continues where it stopped. The variants are the table in
+``dualformer_mm/analysis/ablation/variants.py``; the classifier is that of
+``configs/mmpretrain/dualformer_t_in1k.py`` beside this script.
 
 Examples:
     python tools/analysis/ablation.py data/demo/cls --sets table5 table6 readings
@@ -26,18 +28,15 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-HERE = osp.dirname(osp.abspath(__file__))
-ROOT = osp.dirname(osp.dirname(HERE))
-for path in (ROOT, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from mmengine.logging import MMLogger
 
-from mmengine.logging import MMLogger  # noqa: E402
+from dualformer_mm.analysis.ablation.report import environment, markdown, summarize
+from dualformer_mm.analysis.ablation.runner import (CLASSIFIER_CONFIG, Budget, build_dataset,
+                                                    complexity, train_one)
+from dualformer_mm.analysis.ablation.variants import (SETS, VARIANTS, VariantError, describe,
+                                                      nest, select)
 
-from ablation.report import environment, markdown, summarize  # noqa: E402
-from ablation.runner import Budget, build_dataset, complexity, train_one  # noqa: E402
-from ablation.variants import (SETS, VARIANTS, VariantError, describe, nest,  # noqa: E402
-                               select)
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -171,7 +170,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         for name, variant, _, _ in todo:
             if name not in costs:  # builds each pending variant once: a bad value fails now
                 try:
-                    costs[name] = complexity(budget, nest(variant.options), len(classes))
+                    costs[name] = complexity(budget, nest(variant.options), len(classes),
+                                             osp.join(ROOT, CLASSIFIER_CONFIG))
                 except (ValueError, TypeError, KeyError) as e:
                     raise VariantError(f'variant {name!r} ({describe(variant.options)}): the '
                                        f'backbone rejected its options: {e}') from e
@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             print(f'[ablation]   step {step}/{budget.steps} loss {loss:.3f} '
                   f'{1e3 * seconds:.0f} ms/step, about {left / 60:.0f} min left', flush=True)
 
-        result = train_one(budget, nest(variant.options), seed, train_set, val_set, progress)
+        result = train_one(budget, nest(variant.options), seed, train_set, val_set, progress,
+                           osp.join(ROOT, CLASSIFIER_CONFIG))
         steps_done += budget.steps
         params, flops = costs[name]
         record = dict(setting, **result, params=params, flops=flops, **environment())

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import os.path as osp
-import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,10 +45,7 @@ import torch.nn as nn
 from PIL import Image
 from torch import Tensor
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from dualformer_mm.visualization.partitions import (  # noqa: E402
+from dualformer_mm.visualization.partitions import (
     build_backbone, config_normalization, load_backbone_weights, preprocess_image,
     quiet_mmengine, synthetic_image)
 

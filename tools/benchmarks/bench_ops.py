@@ -37,8 +37,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from benchlib.measure import time_interleaved
-from benchlib.options import Settings
+from dualformer_mm.benchmark.measure import time_interleaved
+from dualformer_mm.benchmark.options import Settings
 from dualformer_mm import DualFormer, ops
 from dualformer_mm.models import PartitionAttention
 
@@ -59,9 +59,9 @@ def timeit_backends(fns: Dict[str, Callable[[], None]], device: str, repeat: int
                     warmup: int = 3) -> Dict[str, float]:
     """Median milliseconds of each ``fns[backend]`` run under that op backend (``''``: as set).
 
-    :func:`benchlib.measure.time_interleaved` lets the backends take turns call by call
-    (alternating which goes first), so a slow spell of a shared machine lands on both instead
-    of on whichever ran during it.
+    :func:`dualformer_mm.benchmark.measure.time_interleaved` lets the backends take turns call
+    by call (alternating which goes first), so a slow spell of a shared machine lands on both
+    instead of on whichever ran during it.
     """
     settings = Settings(device=device, threads=torch.get_num_threads(), amp=False,
                         amp_dtype=None, channels_last=False, compile=False,

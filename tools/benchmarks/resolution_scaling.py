@@ -12,11 +12,12 @@ Cityscapes), against Swin-T (windowed attention, also linear) and PVTv2-B2 (spat
 attention, quadratic in tokens with a reduced key set).
 
 For every model and size it reports the median latency over ``--repeat`` interleaved rounds
-(all models run in turn each round, see ``benchlib/measure.py``), the peak memory of one
-forward beyond weights and input (see ``benchlib.measure.peak_memory_mib`` for exactly what is
-counted), the latency ratio to Swin-T at that size, and the growth from the smallest size: the
-time ratio divided by the pixel ratio (1.0 for linear cost, above 1 for faster-than-linear
-growth) and the exponent ``log(time ratio) / log(pixel ratio)`` (1 linear, 2 quadratic).
+(all models run in turn each round, see ``dualformer_mm/benchmark/measure.py``), the peak
+memory of one forward beyond weights and input (see
+``dualformer_mm.benchmark.measure.peak_memory_mib`` for exactly what is counted), the latency
+ratio to Swin-T at that size, and the growth from the smallest size: the time ratio divided
+by the pixel ratio (1.0 for linear cost, above 1 for faster-than-linear growth) and the
+exponent ``log(time ratio) / log(pixel ratio)`` (1 linear, 2 quadratic).
 Fixed costs weigh on small inputs, so the exponent is mostly below 1 at first and is most
 telling between the large sizes.
 
@@ -39,12 +40,12 @@ import argparse
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from benchlib import options, output, ratios
-from benchlib.errors import run_main
-from benchlib.measure import median, peak_memory_all, time_interleaved
-from benchlib.options import Settings, parse_size
-from benchlib.ratios import Target
-from benchlib.zoo import REFERENCE_MODEL
+from dualformer_mm.benchmark import options, output, ratios
+from dualformer_mm.benchmark.errors import run_main
+from dualformer_mm.benchmark.measure import median, peak_memory_all, time_interleaved
+from dualformer_mm.benchmark.options import Settings, parse_size
+from dualformer_mm.benchmark.ratios import Target
+from dualformer_mm.benchmark.zoo import REFERENCE_MODEL
 
 DEFAULT_MODELS = ['dualformer-s', 'swin-t', 'pvtv2-b2']
 DEFAULT_SIZES = ['224x224', '512x512', '800x1280', '1024x2048']
@@ -89,7 +90,7 @@ def measure(names: Sequence[str], sizes: Sequence[Tuple[int, int]], batch: int,
     """Latency and memory of every model at every size.
 
     Args:
-        names (Sequence[str]): Keys of :data:`benchlib.zoo.MODEL_ZOO`.
+        names (Sequence[str]): Keys of :data:`dualformer_mm.benchmark.zoo.MODEL_ZOO`.
         sizes (Sequence[Tuple[int, int]]): (height, width), smallest first.
         batch (int): Images per forward.
         settings (Settings): Run options.
@@ -146,8 +147,9 @@ def check_targets(rows: List[Dict[str, Any]], batch: int,
         settings (Settings): Run options.
 
     Returns:
-        List[Dict[str, Any]]: See :func:`benchlib.ratios.evaluate_targets` (``max_ratio``, ``ratio``
-        of the forward times, ``met``, ``at_target_setting``: batch 1, CPU, fp32).
+        List[Dict[str, Any]]: See :func:`dualformer_mm.benchmark.ratios.evaluate_targets`
+        (``max_ratio``, ``ratio`` of the forward times, ``met``, ``at_target_setting``: batch
+        1, CPU, fp32).
     """
     at_size = [r for r in rows if (r['height'], r['width']) == TARGET_SIZE]
     at_setting = ratios.at_target_setting(TARGET_SETTING, settings, batch=batch)

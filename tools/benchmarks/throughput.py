@@ -10,8 +10,9 @@ the toolboxes provide, on whatever machine it runs on: every model gets the same
 under ``torch.inference_mode()`` unless ``--amp``/``--channels-last``/``--compile`` say
 otherwise. After ``--warmup`` forwards per model, ``--repeat`` rounds (default 5) run every
 model once in turn, and the median round gives images/s. Models are backbones only (four
-stage outputs with their norms, no head; see ``benchlib/zoo.py``): close to a classifier's
-speed but not the same, comparable between models here, not with the paper's V100 figures.
+stage outputs with their norms, no head; see ``dualformer_mm/benchmark/zoo.py``): close to a
+classifier's speed but not the same, comparable between models here, not with the paper's
+V100 figures.
 Swin-T and ConvNeXt-T come from mmpretrain, or from timm where mmpretrain does not import
 (``--peer-source``); the script prints which. Training speed is ``train_step.py``'s.
 
@@ -29,12 +30,12 @@ import argparse
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
-from benchlib import options, output, ratios
-from benchlib.errors import run_main
-from benchlib.measure import median, time_interleaved
-from benchlib.options import Settings
-from benchlib.ratios import Target
-from benchlib.zoo import MODEL_ZOO, REFERENCE_MODEL
+from dualformer_mm.benchmark import options, output, ratios
+from dualformer_mm.benchmark.errors import run_main
+from dualformer_mm.benchmark.measure import median, time_interleaved
+from dualformer_mm.benchmark.options import Settings
+from dualformer_mm.benchmark.ratios import Target
+from dualformer_mm.benchmark.zoo import MODEL_ZOO, REFERENCE_MODEL
 
 DEFAULT_MODELS = list(MODEL_ZOO)
 # Minimum throughput ratios to Swin-T, and the setting the targets are defined at.
@@ -102,9 +103,10 @@ def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
         settings (Settings): Run options.
 
     Returns:
-        List[Dict[str, Any]]: See :func:`benchlib.ratios.evaluate_targets`: ``model``,
-        ``reference``, ``min_ratio``, ``ratio``, ``met``, and ``at_target_setting`` (False
-        when the run differs from 224x224 batch 32 CPU fp32, where the targets are defined).
+        List[Dict[str, Any]]: See :func:`dualformer_mm.benchmark.ratios.evaluate_targets`:
+        ``model``, ``reference``, ``min_ratio``, ``ratio``, ``met``, and ``at_target_setting``
+        (False when the run differs from 224x224 batch 32 CPU fp32, where the targets are
+        defined).
     """
     at_setting = ratios.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
     return ratios.evaluate_targets(rows, TARGETS, at_setting)

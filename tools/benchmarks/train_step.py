@@ -5,8 +5,8 @@
 The paper's Table 6 (section 4.4 of "DualFormer: Dual Path Transformer with Partition
 Attention") compares inference speed; users pay for training too. This script times full
 training steps (forward, backward, optimizer step) side by side, every model once per round
-in turn after warm-up, as ``throughput.py`` does for inference (see ``benchlib/measure.py``),
-in two parts (``--parts``, both by default):
+in turn after warm-up, as ``throughput.py`` does for inference (see
+``dualformer_mm/benchmark/measure.py``), in two parts (``--parts``, both by default):
 
 * ``backbone``: every model of ``--models`` with a linear classification head (global
   average pool of the last stage's output, ``nn.Linear(C, 1000)``), in train mode (BatchNorm
@@ -31,9 +31,10 @@ in two parts (``--parts``, both by default):
 Peak memory (``peak MiB``) is what a training process holds at the step's peak: the state
 kept between steps (weights, buffers, AdamW's two moments; for the backbones also the batch,
 while the detectors' preprocessor makes theirs inside the iteration) plus the most the step
-allocates on top (activations, gradients, temporaries; see ``benchlib.measure.peak_memory_mib``
-for exactly what is counted, on CPU and on CUDA). ``--det-rois`` lowers the RoIs the box and mask
-heads train on (512 per image in the configs) for quick checks of the script only.
+allocates on top (activations, gradients, temporaries; see
+``dualformer_mm.benchmark.measure.peak_memory_mib`` for exactly what is counted, on CPU and on
+CUDA). ``--det-rois`` lowers the RoIs the box and mask heads train on (512 per image in the
+configs) for quick checks of the script only.
 
 ``--amp`` runs the forward and the loss under ``torch.autocast`` (bf16 on CPU, fp16 on CUDA
 by default, ``--amp-dtype`` to choose). fp16 scales the loss with a ``torch.amp.GradScaler``;
@@ -55,28 +56,30 @@ Example:
 """
 import argparse
 import math
+import os.path as osp
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchlib import detectors, options, output, ratios, train_report
-from benchlib.detectors import DET_CONFIGS, INSTANCES_PER_IMAGE
-from benchlib.errors import run_main
-from benchlib.measure import (median, peak_memory_all, state_mib, time_interleaved,
-                              training_state)
-from benchlib.options import Settings, autocast_context, parse_size
-from benchlib.ratios import Target
-from benchlib.zoo import (MODEL_ZOO, REFERENCE_MODEL, build_model, count_params,
-                          package_version, print_sources, resolve_sources)
+from dualformer_mm.benchmark import detectors, options, output, ratios, train_report
+from dualformer_mm.benchmark.detectors import DET_CONFIGS, INSTANCES_PER_IMAGE
+from dualformer_mm.benchmark.errors import run_main
+from dualformer_mm.benchmark.measure import (median, peak_memory_all, state_mib,
+                                             time_interleaved, training_state)
+from dualformer_mm.benchmark.options import Settings, autocast_context, parse_size
+from dualformer_mm.benchmark.ratios import Target
+from dualformer_mm.benchmark.training import (NUM_CLASSES, LinearClassifier, TrainStep,
+                                              settle_all)
+from dualformer_mm.benchmark.zoo import (MODEL_ZOO, REFERENCE_MODEL, build_model, count_params,
+                                         package_version, print_sources, resolve_sources)
 
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))  # holds configs/
 PARTS = ('backbone', 'detector')
 DEFAULT_MODELS = list(MODEL_ZOO)
-NUM_CLASSES = 1000  # ImageNet-1K, the classification head of the backbone part
 LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW of the backbone part (the value does not change speed)
 DEFAULT_DET_MODELS = ['dualformer-s', 'swin-t']
-GRAD_SCALER_INIT = 2.0**16  # torch.amp.GradScaler's default initial loss scale
 # Training images/s and peak memory against Swin-T, and the setting they are defined at.
 TARGETS = (Target('dualformer-xs', 'img_per_s', '>=', 2.0, 'training img/s'),
            Target('dualformer-s', 'img_per_s', '>=', 1.2, 'training img/s'),
@@ -131,30 +134,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-class LinearClassifier(nn.Module):
-    """A backbone with a global-average-pool + linear head on its last output.
-
-    Args:
-        backbone (nn.Module): Returns a tuple of (N, C, H, W) maps, the last one used.
-        channels (int): C of the last map.
-        num_classes (int): Outputs of the head. Defaults to 1000.
-
-    Example:
-        >>> net = LinearClassifier(build_model('dualformer-t'), 320)
-        >>> net(torch.rand(2, 3, 64, 64)).shape
-        torch.Size([2, 1000])
-    """
-
-    def __init__(self, backbone: nn.Module, channels: int,
-                 num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x)[-1].mean((2, 3)))
-
-
 def _last_channels(backbone: nn.Module, image: torch.Tensor) -> int:
     """Channels of the backbone's last output, from one eval forward of one image."""
     backbone.eval()
@@ -166,121 +145,6 @@ def _loss_fn(model: nn.Module, x: torch.Tensor,
              labels: torch.Tensor) -> Callable[[], torch.Tensor]:
     """Forward and cross-entropy of the backbone part."""
     return lambda: F.cross_entropy(model(x), labels)
-
-
-def needs_grad_scaler(settings: Settings) -> bool:
-    """Whether training under these settings scales its loss.
-
-    fp16 autocast gives fp16 gradients, whose small values underflow to zero unless the
-    loss is scaled up first (``torch.amp.GradScaler``), on any device. bf16 has fp32's
-    exponent range and, like fp32, needs no scaling.
-
-    Example:
-        >>> s = Settings(device='cuda', threads=1, amp=True, amp_dtype='fp16',
-        ...              channels_last=False, compile=False, warmup=0, repeat=1, iters=1)
-        >>> needs_grad_scaler(s)
-        True
-    """
-    return settings.amp and settings.amp_dtype == 'fp16'
-
-
-class TrainStep:
-    """One training step, as a closure for :func:`benchlib.measure.time_interleaved`.
-
-    Runs ``loss_fn`` (the forward and the loss) under the run's autocast, back-propagates
-    (through a ``torch.amp.GradScaler`` when :func:`needs_grad_scaler`), steps the optimizer
-    and sets the gradients to None, as training loops do between steps. No host
-    synchronisation of its own (the loss stays a tensor), so CUDA work queues as in
-    training; a GradScaler checks for overflow on the host, as it does in training.
-
-    Args:
-        loss_fn (Callable[[], torch.Tensor]): Forward and loss, returning the scalar loss.
-        optimizer (torch.optim.Optimizer): Steps the parameters that the loss depends on.
-        settings (Settings): Run options (device, autocast).
-
-    Example:
-        >>> net = nn.Linear(4, 2)
-        >>> s = Settings(device='cpu', threads=1, amp=False, amp_dtype=None,
-        ...              channels_last=False, compile=False, warmup=0, repeat=1, iters=1)
-        >>> step = TrainStep(lambda: net(torch.ones(3, 4)).square().mean(),
-        ...                  torch.optim.AdamW(net.parameters()), s)
-        >>> step(); step.scaler is None, net.weight.grad is None
-        (True, True)
-    """
-
-    def __init__(self, loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
-                 settings: Settings) -> None:
-        self.loss_fn = loss_fn
-        self.optimizer = optimizer
-        self.settings = settings
-        self.scaler = (torch.amp.GradScaler(settings.device, init_scale=GRAD_SCALER_INIT)
-                       if needs_grad_scaler(settings) else None)
-        self.settled_scale = GRAD_SCALER_INIT
-        self.last_loss: Optional[torch.Tensor] = None  # kept in one buffer, see __call__
-
-    def __call__(self) -> None:
-        with autocast_context(self.settings):
-            loss = self.loss_fn()
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)  # skips the step if a gradient overflowed
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        # Copied into the same tensor every step: replacing it would free, inside the next
-        # step, a block allocated before it, which torch.profiler warns about.
-        if self.last_loss is None:
-            self.last_loss = loss.detach().clone()
-        else:
-            self.last_loss.copy_(loss.detach())
-
-    def last_loss_value(self) -> Optional[float]:
-        """The loss of the latest step as a float (one host sync), None before any step."""
-        return None if self.last_loss is None else float(self.last_loss)
-
-    def settle(self, max_steps: int = 24) -> int:
-        """Step until the GradScaler stops skipping steps; returns the steps run.
-
-        A GradScaler starts at a loss scale that overflows fp16 gradients and halves it at
-        every overflow, skipping that optimizer step; a training run does this in its first
-        iterations only. Timing those cheaper steps would misrepresent the run, so they are
-        run here, untimed. Without a GradScaler this does nothing.
-
-        Args:
-            max_steps (int): Give up after this many (the skips then show in
-                :meth:`skipped_steps`). Defaults to 24.
-        """
-        if self.scaler is None:
-            return 0
-        for steps in range(1, max_steps + 1):
-            before = self.scaler.get_scale()
-            self()
-            if self.scaler.get_scale() >= before:
-                break
-        self.settled_scale = self.scaler.get_scale()
-        return steps
-
-    def skipped_steps(self) -> int:
-        """Optimizer steps the GradScaler skipped since :meth:`settle` (or the start).
-
-        Each overflow halves the scale, and the scale only grows back after 2000 clean
-        steps (the GradScaler's growth interval, far more than a benchmark runs), so the
-        halvings count the skipped steps. 0 without a GradScaler.
-        """
-        if self.scaler is None:
-            return 0
-        return round(math.log2(self.settled_scale / self.scaler.get_scale()))
-
-
-def settle_all(steps: Dict[str, TrainStep]) -> None:
-    """Let every fp16 GradScaler find its scale before timing (see ``TrainStep.settle``)."""
-    for step in steps.values():
-        try:
-            step.settle()
-        except (RuntimeError, MemoryError):
-            pass  # the timing meets the same error and reports it for this model
 
 
 def _finish_row(row: Dict[str, Any], step: TrainStep, seconds: float, images: int,
@@ -296,7 +160,7 @@ def measure_backbones(names: Sequence[str], batch: int, size: int,
     """Training step time and peak memory of every backbone with a linear head.
 
     Args:
-        names (Sequence[str]): Keys of :data:`benchlib.zoo.MODEL_ZOO`.
+        names (Sequence[str]): Keys of :data:`dualformer_mm.benchmark.zoo.MODEL_ZOO`.
         batch (int): Images per step.
         size (int): Square input side.
         settings (Settings): Run options.
@@ -397,7 +261,8 @@ def measure_detectors(names: Sequence[str], batch: int, height: int, width: int,
     rows: Dict[str, Dict[str, Any]] = {}
     data = None
     for name in dict.fromkeys(names):
-        model, optimizer, num_classes, sampled = detectors.build_detector(name, settings, rois)
+        model, optimizer, num_classes, sampled = detectors.build_detector(name, settings, rois,
+                                                                          root=ROOT)
         if data is None:
             data = detectors.detection_batch(batch, height, width, num_classes)
 
@@ -467,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if 'detector' in args.parts:
         mmdet_version = detectors.check_detector_requirements()
         for name in args.det_models:
-            detectors.config_path(name)
+            detectors.config_path(name, root=ROOT)
     backbone_rows = detector_rows = None
     targets: List[Dict[str, Any]] = []
     if 'backbone' in args.parts:

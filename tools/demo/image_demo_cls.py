@@ -10,13 +10,9 @@ Example:
         --checkpoint dualformer_s_in1k.pth --out-file cls.png
 """
 import argparse
-import os.path as osp
-import sys
 
 import mmcv
 import torch
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args() -> argparse.Namespace:

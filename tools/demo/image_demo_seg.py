@@ -10,12 +10,8 @@ Example:
         --checkpoint upernet_dualformer_s_ade20k.pth --out-file seg.png
 """
 import argparse
-import os.path as osp
-import sys
 
 import torch
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args() -> argparse.Namespace:

@@ -3,11 +3,12 @@
 """Latency of the exported models: ONNX Runtime against PyTorch eager, DualFormer beside Swin-T.
 
 For each task (``classifier`` at 224x224, ``segmentor``, UperNet's whole inference, at
-512x512) and model, the config's model is exported with ``pytorch2onnx.py``'s code (static
-shape, batch 1, random weights), checked in ONNX Runtime against PyTorch, and both are timed
-on the same input with the same number of threads, interleaved (``tools/benchmarks``'
-``time_interleaved``: warm-up, then rounds that run every model once in turn; medians). Swin-T
-comes from mmpretrain's and mmseg's own configs and is exported the same way. Printed: ms per
+512x512) and model, the config's model is exported with ``pytorch2onnx.py``'s code
+(:mod:`dualformer_mm.deployment`; static shape, batch 1, random weights), checked in ONNX
+Runtime against PyTorch, and both are timed on the same input with the same number of
+threads, interleaved (:func:`dualformer_mm.benchmark.measure.time_interleaved`: warm-up, then
+rounds that run every model once in turn; medians). Swin-T comes from mmpretrain's and
+mmseg's own configs and is exported the same way. Printed: ms per
 image, ONNX Runtime's speed-up over PyTorch, and every time over Swin-T's in the same runtime.
 A benchmark for people to read, not a test: nothing is asserted.
 
@@ -23,16 +24,12 @@ from typing import Dict, List, Optional
 
 import torch
 
-HERE = osp.dirname(osp.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, osp.join(osp.dirname(HERE), 'benchmarks'))
-from _onnx import check, export, session  # noqa: E402
-from _targets import build_target  # noqa: E402
-from benchlib.measure import median, time_interleaved  # noqa: E402
-from benchlib.options import Settings  # noqa: E402
-from benchlib.output import describe_environment  # noqa: E402
+from dualformer_mm.benchmark.measure import median, time_interleaved
+from dualformer_mm.benchmark.options import Settings
+from dualformer_mm.benchmark.output import describe_environment
+from dualformer_mm.deployment import build_target, check, export, session
 
-ROOT = osp.dirname(osp.dirname(HERE))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 REFERENCE = 'swin-t'
 #: model -> task -> config.
 CONFIGS: Dict[str, Dict[str, str]] = {

@@ -38,12 +38,11 @@ import time
 from typing import List, Optional
 
 import torch
+from mmengine.config import DictAction
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _onnx import (DYNAMIC_MULTIPLE, EXPORTERS, OPSET, DeploymentError, check,  # noqa: E402
-                   check_sizes, export, op_types, session, tie_free_images)
-from _targets import DETECTOR_HEADS_NOTE, PARTS, build_target  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
+from dualformer_mm.deployment import (DETECTOR_HEADS_NOTE, DYNAMIC_MULTIPLE, EXPORTERS, OPSET,
+                                      PARTS, DeploymentError, build_target, check, check_sizes,
+                                      export, op_types, session, tie_free_images)
 
 DEFAULT_ATOL = 1e-3
 #: Seeded images tried per checked size for one without near ties (a large image may
@@ -128,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f'{"dynamic" if args.dynamic else "static"} shape, in '
               f'{time.perf_counter() - start:.1f} s')
         if args.scatter_elements:
-            from _tensorrt import rewrite_file
+            from dualformer_mm.deployment.tensorrt import rewrite_file
             rewritten, kept = rewrite_file(args.out)
             print(f'  {rewritten} ScatterND nodes rewritten as ScatterElements'
                   + (f', {kept} left (other index shapes)' if kept else ''))

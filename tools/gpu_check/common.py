@@ -55,8 +55,8 @@ def result(status: str, figures: Optional[Dict[str, Any]] = None, details: str =
 
 def child_env(*paths: str, **extra: str) -> Dict[str, str]:
     """This process's environment with ``paths``, ``tools/`` and the checkout first on
-    ``PYTHONPATH``: what a child of the check imports (``gpu_check``, ``runner_env``,
-    ``dualformer_mm`` from a checkout), plus ``extra`` variables."""
+    ``PYTHONPATH``: what a child of the check imports (``gpu_check``, and
+    ``dualformer_mm`` and ``tests`` from a checkout), plus ``extra`` variables."""
     entries = [*paths, TOOLS, ROOT]
     if os.environ.get('PYTHONPATH'):
         entries.append(os.environ['PYTHONPATH'])
@@ -90,15 +90,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def load_tool_script(path: str):
+    """The script ``tools/<path>`` loaded by its file as a module (once per process): a
+    script is no package member, so its folder need not be on ``sys.path``."""
+    name = '_gpu_check_' + osp.splitext(path)[0].replace('/', '_')
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, osp.join(TOOLS, path))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
 def load_mmcv_wheels():
     """``tools/install/mmcv_wheels.py`` (how the install reads mmcv's and the extension's
     flavours) by its path: it is no package, and the check must report even where ``import
     dualformer_mm`` fails (no mmcv, a broken build)."""
-    name = '_gpu_check_mmcv_wheels'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, osp.join(TOOLS, 'install', 'mmcv_wheels.py'))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_tool_script('install/mmcv_wheels.py')

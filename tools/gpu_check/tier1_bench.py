@@ -33,7 +33,7 @@ def step_bench_ops(ctx: Context) -> Dict[str, Any]:
     json_log = osp.join(ctx.log_dir(), 'bench_ops.json')
     with open(json_log, 'w') as out, open(log, 'w') as err:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=err, timeout=600, text=True,
-                              env=child_env(BENCHMARKS))
+                              env=child_env())
     if proc.returncode != 0:
         return result('fail', details=f'bench_ops.py failed (rc {proc.returncode}):\n'
                       f'{tail(log)}')

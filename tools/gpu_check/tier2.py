@@ -84,7 +84,7 @@ def step_train_task(task: str) -> Callable[[Context], Dict[str, Any]]:
     """The tier-2 step of one task: generate data, one (AMP) iteration, one predict step."""
 
     def run(ctx: Context) -> Dict[str, Any]:
-        from runner_env import replace_norm_type
+        from dualformer_mm.utils.runner import replace_norm_type
 
         import tests.test_tools as data_tools
         # Data and work dir in a temporary folder; the training log is copied to logs/.

@@ -20,11 +20,9 @@ from typing import Dict, List, Sequence
 
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
 # Importing dualformer_mm also allow-lists the few non-tensor types of mmengine checkpoints
 # (dualformer_mm.utils.checkpoint), so training checkpoints load with weights_only=True.
-from dualformer_mm import DualFormer  # noqa: E402
+from dualformer_mm import DualFormer
 
 ARCHS = ('t', 'xs', 's', 'b')
 

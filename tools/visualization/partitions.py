@@ -6,9 +6,11 @@
 Builds the model of any DualFormer config of this repository (configs/mmpretrain, mmdet or
 mmseg), loads the checkpoint if one is given, normalises the image with the config's data
 preprocessor, records the partition code of every token of every MHPA module in one forward
-pass and paints them over the image: one labelled panel per stage (first block, head 1), or
-per head (``--all-heads``) and per block (``--all-blocks``). Without ``--img`` the image is a
-synthetic scene of the demo's shapes.
+pass and paints them over the image: one panel per stage (first block, head 1), or per head
+(``--all-heads``) and per block (``--all-blocks``), each labelled with its stage and stride,
+block, head, MHPA's token grid and the partitions its tokens fill of those it has, under a
+title naming the config, the command, the machine and the versions. Without ``--img`` the
+image is a synthetic scene of the demo's shapes.
 
 Figure 6 shows a trained model at epochs 0, 150 and 300; without ``--checkpoint`` the
 partitions are those of a randomly initialised network (the "epoch 0" column).
@@ -23,19 +25,17 @@ import argparse
 import json
 import os
 import os.path as osp
+import shlex
 import sys
 from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
-
-from dualformer_mm import PartitionAttention  # noqa: E402
-from dualformer_mm.visualization.partitions import (  # noqa: E402
-    build_backbone, config_normalization, draw_partition_grid, preprocess_image,
-    record_partitions, synthetic_image)
+from dualformer_mm.utils.environment import describe_run
+from dualformer_mm.visualization.partitions import (
+    build_backbone, config_normalization, draw_partition_grid, partition_capacity,
+    preprocess_image, record_partitions, synthetic_image)
 
 DEFAULT_SIZE = 224  # the paper's ImageNet resolution
 
@@ -52,8 +52,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         f'--img keeps its aspect with a {DEFAULT_SIZE} px shorter side; the '
                         f'synthetic image is {DEFAULT_SIZE}x{DEFAULT_SIZE})')
     parser.add_argument('--out', default='work_dirs/vis/partitions.png', help='PNG to write')
-    parser.add_argument('--json', help='also write the drawn panels (module, stage, block, '
-                        'head, grid, number of partitions) as JSON')
+    parser.add_argument('--json', help='also write the drawn panels (module, stage, stride, '
+                        'block, head, grid, partitions used and available, title) as JSON')
     parser.add_argument('--all-heads', action='store_true', help='one panel per head')
     parser.add_argument('--all-blocks', action='store_true', help='every block of each stage')
     parser.add_argument('--alpha', type=float, default=0.55,
@@ -100,10 +100,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     image = load_image(args)
     records = record_partitions(backbone, preprocess_image(image, mean, std, rgb))
     weights = osp.basename(args.checkpoint) if args.checkpoint else 'random init'
+    command = shlex.join(['python', 'tools/visualization/partitions.py',
+                          *(sys.argv[1:] if argv is None else argv)])
     title = (f'{osp.basename(args.config)} ({weights}), '
-             f'{image.shape[0]}x{image.shape[1]} input')
+             f'{image.shape[0]}x{image.shape[1]} input\n{describe_run(command)}')
     panels = draw_partition_grid(image, records, args.out, all_heads=args.all_heads,
-                                 all_blocks=args.all_blocks, alpha=args.alpha, title=title)
+                                 all_blocks=args.all_blocks, alpha=args.alpha, title=title,
+                                 capacity=partition_capacity(backbone))
     if not args.checkpoint:
         print('note: no --checkpoint, so these are the partitions of a randomly initialised '
               'network (Figure 6 at epoch 0), not of a trained one')
@@ -112,10 +115,6 @@ def main(argv: Optional[List[str]] = None) -> None:
               f"on a {panel['grid'][0]}x{panel['grid'][1]} grid")
     print(f'wrote {args.out} ({len(panels)} panels)')
     if args.json:
-        capacity = {name: module.num_partitions for name, module in backbone.named_modules()
-                    if isinstance(module, PartitionAttention)}
-        for panel in panels:
-            panel['max_partitions'] = capacity.get(panel['module'])
         meta = dict(config=args.config, checkpoint=args.checkpoint, image=args.img or 'synthetic',
                     input_size=list(image.shape[:2]), out=args.out, panels=panels)
         folder = osp.dirname(osp.abspath(args.json))

@@ -9,12 +9,12 @@ use them; Swin-T is built with ``pad_small_map=True`` as in detection, which is 
 take any input size.
 """
 import importlib
-import importlib.metadata
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..utils.environment import package_version
 from .errors import BenchmarkError, describe_import_error
 from .timm_features import PIP_TIMM, TimmSpec, build_timm, timm_version
 
@@ -80,14 +80,6 @@ class Source:
         """E.g. ``'timm 1.0.31 (mmpretrain cannot be imported: ...)'``."""
         text = f'{self.package} {self.version or "(version unknown)"}'
         return f'{text} ({self.reason})' if self.reason else text
-
-
-def package_version(package: str) -> Optional[str]:
-    """Installed version of distribution ``package``, or None."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _registry(package: str):

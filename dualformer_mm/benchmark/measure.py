@@ -51,7 +51,7 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], settings: Settings,
 
     Args:
         fns (Dict[str, Callable]): Name -> forward closure (see
-            :func:`benchlib.options.forward_fn`).
+            :func:`.options.forward_fn`).
         settings (Settings): Run options (device, warmup, repeat, iters).
         context (Callable, optional): ``context(name)`` is entered around each warm-up and
             each timed call of ``fns[name]``, outside the clock (``bench_ops.py`` selects the
@@ -133,7 +133,7 @@ def peak_memory_mib(fn: Callable[[], None], device: str) -> float:
       and the peak is the maximum of their running sum in time order.
 
     Args:
-        fn (Callable[[], None]): The call, e.g. a forward (:func:`benchlib.options.forward_fn`)
+        fn (Callable[[], None]): The call, e.g. a forward (:func:`.options.forward_fn`)
             or a training step (``train_step.TrainStep``).
         device (str): ``'cpu'`` or ``'cuda'``.
 

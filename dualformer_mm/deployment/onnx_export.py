@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dualformer_mm import compat, ops
-from _targets import ExportTarget, partition_statistics
+from .. import compat, ops
+from .targets import ExportTarget, partition_statistics
 
 #: ONNX opset: ScatterElements with ``reduction='max'`` (the partition max of the softmax
 #: pooling) needs 18.
@@ -254,7 +254,7 @@ class CheckResult:
     max_tokens: Optional[int] = None
     partitions: Optional[int] = None  # partitions per head
     # Smallest |cos| of a token to an LSH hyperplane normal in the PyTorch run (None: no LSH);
-    # see _targets.partition_statistics and TIE_MARGIN.
+    # see targets.partition_statistics and TIE_MARGIN.
     margin: Optional[float] = None
 
     @property
@@ -308,7 +308,7 @@ def tie_free_images(target: ExportTarget, shape: Sequence[int], draws: int = TIE
     """Seeded normal images of ``shape`` on which no token is near an LSH hyperplane.
 
     Draws the images of seeds ``seed, seed + 1, ...`` and runs PyTorch on each until one has
-    a hyperplane margin of at least :data:`TIE_MARGIN` (``_targets.partition_statistics``).
+    a hyperplane margin of at least :data:`TIE_MARGIN` (:func:`.targets.partition_statistics`).
     An image holds one projection per token, head and plane of every MHPA, so the chance that
     it is tie-free falls with its size: for DualFormer-B (random weights) 7 of 16 seeds at
     1x3x128x160, 3 of 16 at 2x3x96x128, none of 4 at 2x3x256x256.

@@ -1,5 +1,5 @@
 # Copyright (c) dualformer-mm contributors.
-"""Config fix-ups shared by ``tools/train.py`` and ``tools/test.py``.
+"""Config loading and fix-ups shared by ``tools/train.py``, ``tools/test.py`` and the checks.
 
 They make the paper's GPU configs (sections 4.1-4.3) run unchanged on a machine without CUDA
 (gloo instead of NCCL, CPU DistributedDataParallel, and ``CPUSyncBN``, dualformer-mm's
@@ -9,15 +9,46 @@ silently.
 """
 import gc
 import os
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
 
-from dualformer_mm.utils import DatasetNotFoundError, check_dataset_paths
+from .datasets import DatasetNotFoundError, check_dataset_paths
+from .toolbox import config_toolbox
 
+#: The ``--launcher`` values of ``tools/train.py`` and ``tools/test.py``.
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """Load a config, apply ``--cfg-options`` and check that it names one of the toolboxes.
+
+    Args:
+        path (str): The config file.
+        cfg_options (dict, optional): Overrides, ``key=value`` as ``DictAction`` parses them.
+
+    Returns:
+        Config: The merged config.
+
+    Raises:
+        ValueError: Its ``default_scope`` is not one of :data:`~dualformer_mm.utils.TOOLBOXES`.
+        ImportError: Its toolbox is not installed.
+
+    Example:
+        >>> import tempfile, os.path as osp
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(osp.join(folder, 'cfg.py'), 'w') as f:
+        ...     _ = f.write("default_scope = 'mmpretrain'\\nmodel = dict(type='X')\\n")
+        >>> load_config(osp.join(folder, 'cfg.py'), {'model.type': 'Y'}).model.type
+        'Y'
+    """
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    config_toolbox(cfg, path)
+    return cfg
 
 
 def replace_norm_type(node: Any, old: str, new: str) -> int:

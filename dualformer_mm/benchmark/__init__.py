@@ -1,12 +1,12 @@
 # Copyright (c) dualformer-mm contributors.
 """Shared pieces of the backbone benchmarks (paper section 4.4, Table 6, and section 3.2).
 
-Used by ``throughput.py`` (images/s, the comparison of Table 6 of "DualFormer: Dual Path
-Transformer with Partition Attention"), ``resolution_scaling.py`` (latency and memory against
-input size, the linear-complexity claim of MHPA in section 3.2), ``train_step.py`` (training
-steps of the backbones and of Mask R-CNN) and ``bench_ops.py`` (the partition ops). The
-scripts import it as a sibling package (``from benchlib import zoo``): a script run as
-``python tools/benchmarks/x.py`` has its own folder on ``sys.path``.
+Used by the scripts of ``tools/benchmarks``: ``throughput.py`` (images/s, the comparison of
+Table 6 of "DualFormer: Dual Path Transformer with Partition Attention"),
+``resolution_scaling.py`` (latency and memory against input size, the linear-complexity claim
+of MHPA in section 3.2), ``train_step.py`` (training steps of the backbones and of Mask R-CNN)
+and ``bench_ops.py`` (the partition ops); and by ``tools/deployment/benchmark_onnx.py``.
+``import dualformer_mm`` does not import this package.
 
 * :mod:`.zoo`: the benchmarked backbones by name and where each comes from (this package,
   mmpretrain, mmdet, or timm through :mod:`.timm_features`).
@@ -21,4 +21,10 @@ scripts import it as a sibling package (``from benchlib import zoo``): a script 
 
 Nothing here imports a toolbox or timm at module level: a machine with only torch, timm and
 this package runs the DualFormer and timm models.
+
+Example:
+    >>> from dualformer_mm.benchmark import ratios
+    >>> rows = [dict(model='dualformer-s', ms=50.0), dict(model='swin-t', ms=100.0)]
+    >>> ratios.add_ratio(rows, 'ms', 'ms_ratio'); [r['ms_ratio'] for r in rows]
+    [0.5, 1.0]
 """

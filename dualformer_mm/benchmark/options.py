@@ -185,7 +185,7 @@ def prepare_model(model: nn.Module, settings: Settings) -> nn.Module:
     """Move ``model`` to the device and memory format, and compile it if asked.
 
     Args:
-        model (nn.Module): A backbone from :func:`benchlib.zoo.build_model`.
+        model (nn.Module): A backbone from :func:`.zoo.build_model`.
         settings (Settings): Run options.
 
     Returns:
@@ -206,10 +206,10 @@ def build_all(names: Sequence[str], settings: Settings,
     """Build, place and (optionally) compile the named models.
 
     Args:
-        names (Sequence[str]): Keys of :data:`benchlib.zoo.MODEL_ZOO`.
+        names (Sequence[str]): Keys of :data:`.zoo.MODEL_ZOO`.
         settings (Settings): Run options (``peer_source`` among them).
         image_size (Tuple[int, int], optional): The one input size of the run, if there is
-            one (see :func:`benchlib.zoo.build_model`).
+            one (see :func:`.zoo.build_model`).
 
     Returns:
         Tuple[Dict[str, nn.Module], Dict[str, int], Dict[str, Source]]: The models to call,

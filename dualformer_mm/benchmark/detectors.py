@@ -1,7 +1,8 @@
 # Copyright (c) dualformer-mm contributors.
 """The Mask R-CNNs of the training benchmark, built from the configs users train.
 
-``configs/mmdet/mask_rcnn_dualformer_<size>_1x.py`` of this repository and mmdet's own
+``configs/mmdet/mask_rcnn_dualformer_<size>_1x.py`` of this repository (found under the
+checkout the caller names: the configs are no part of the installed package) and mmdet's own
 ``swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``, with a batch of generated COCO-style data.
 Everything here needs mmdet, imported when it is used: :func:`check_detector_requirements`
 names what is missing before any measuring starts.
@@ -16,10 +17,10 @@ from .errors import BenchmarkError
 from .options import Settings
 from .zoo import PIP_MMDET, REFERENCE_MODEL
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+#: Model name -> its Mask R-CNN config: a path relative to the repository's root, or
+#: ``mmdet::`` and a config that mmdet ships.
 DET_CONFIGS = {
-    **{f'dualformer-{size}': osp.join(REPO_ROOT, 'configs', 'mmdet',
-                                      f'mask_rcnn_dualformer_{size}_1x.py')
+    **{f'dualformer-{size}': f'configs/mmdet/mask_rcnn_dualformer_{size}_1x.py'
        for size in ('t', 'xs', 's', 'b')},
     'swin-t': 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
 }
@@ -39,11 +40,34 @@ def check_detector_requirements() -> str:
     return mmdet.__version__
 
 
-def config_path(name: str) -> str:
-    """The file of :data:`DET_CONFIGS` ``[name]``; ``mmdet::`` names one that mmdet ships."""
+def config_path(name: str, root: str = '.') -> str:
+    """The file of :data:`DET_CONFIGS` ``[name]``; ``mmdet::`` names one that mmdet ships.
+
+    Args:
+        name (str): A key of :data:`DET_CONFIGS`.
+        root (str): The repository's root, which holds ``configs/``. Defaults to the working
+            directory.
+
+    Returns:
+        str: The config file.
+
+    Raises:
+        BenchmarkError: The file is missing.
+
+    Example:
+        >>> config_path('dualformer-t', root='/nowhere')  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dualformer_mm.benchmark.errors.BenchmarkError: the dualformer-t Mask R-CNN is built ...
+    """
     config = DET_CONFIGS[name]
     if not config.startswith('mmdet::'):
-        return config
+        path = osp.normpath(osp.join(root, config))
+        if not osp.isfile(path):
+            raise BenchmarkError(f'the {name} Mask R-CNN is built from {config}, which is not '
+                                 f'under {osp.abspath(root)}; run from a checkout of the '
+                                 'repository')
+        return path
     import mmdet
     path = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', config[len('mmdet::'):])
     if not osp.isfile(path):
@@ -55,12 +79,16 @@ def config_path(name: str) -> str:
 
 
 def config_label(name: str) -> str:
-    """:data:`DET_CONFIGS` ``[name]`` as the results name it: relative to the repository."""
-    config = DET_CONFIGS[name]
-    return osp.relpath(config, REPO_ROOT) if osp.isabs(config) else config
+    """:data:`DET_CONFIGS` ``[name]`` as the results name it: relative to the repository.
+
+    Example:
+        >>> config_label('swin-t')
+        'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+    """
+    return DET_CONFIGS[name]
 
 
-def build_detector(name: str, settings: Settings, rois: Optional[int] = None
+def build_detector(name: str, settings: Settings, rois: Optional[int] = None, root: str = '.'
                    ) -> Tuple[nn.Module, torch.optim.Optimizer, int, int]:
     """Build the Mask R-CNN of ``name`` from its config, in train mode on the device.
 
@@ -69,19 +97,20 @@ def build_detector(name: str, settings: Settings, rois: Optional[int] = None
         settings (Settings): Run options (device).
         rois (int, optional): RoIs sampled per image for the RoI heads, instead of the
             config's.
+        root (str): The repository's root (:func:`config_path`). Defaults to the working
+            directory.
 
     Returns:
         Tuple[nn.Module, torch.optim.Optimizer, int, int]: The detector, the config's
         optimizer (with its parameter-wise settings), the number of classes and the RoIs
         sampled per image.
     """
-    import dualformer_mm  # noqa: F401  (registers DualFormer)
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.optim import build_optim_wrapper
 
-    from dualformer_mm.utils import build_model_from_cfg
-    cfg = Config.fromfile(config_path(name))
+    from ..utils import build_model_from_cfg
+    cfg = Config.fromfile(config_path(name, root))
     if name == REFERENCE_MODEL:
         # Its Pretrained init names a download; random weights time the same.
         cfg.model.backbone.init_cfg = None

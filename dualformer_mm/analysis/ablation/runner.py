@@ -1,8 +1,8 @@
 # Copyright (c) dualformer-mm contributors.
 """One ablation run: train a DualFormer classifier on an image folder for a fixed budget.
 
-The model is that of the project's ImageNet classifier config
-(``configs/mmpretrain/dualformer_t_in1k.py``, whose model is
+The model is that of the project's ImageNet classifier config (:data:`CLASSIFIER_CONFIG`,
+``configs/mmpretrain/dualformer_t_in1k.py`` of the repository, whose model is
 ``configs/_base_/models/dualformer_cls.py``: GAP neck, linear head, label smoothing; with
 mmpretrain's ImageNet data preprocessor) at the budget's size, with the variant's backbone
 options and the dataset's classes; the data are mmpretrain ``CustomDataset`` folders (one
@@ -29,8 +29,9 @@ from mmengine.optim import CosineAnnealingLR, LinearLR, build_optim_wrapper
 from mmengine.registry import DefaultScope
 from mmengine.runner import set_random_seed
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-CLASSIFIER_CONFIG = osp.join(ROOT, 'configs', 'mmpretrain', 'dualformer_t_in1k.py')
+#: The classifier config the runs build their model from, relative to the repository's root
+#: (the configs are no part of the installed package: the caller names the checkout).
+CLASSIFIER_CONFIG = osp.join('configs', 'mmpretrain', 'dualformer_t_in1k.py')
 UNTIMED_STEPS = 2  # the first steps allocate and pick kernels; they are not timed
 
 
@@ -86,7 +87,6 @@ class Budget:
 def _scope() -> None:
     """Make mmpretrain's registries the default ones (datasets, transforms, metrics)."""
     import mmpretrain.utils  # noqa: F401  (registers mmpretrain's modules)
-    import dualformer_mm  # noqa: F401  (registers DualFormer)
     if DefaultScope.get_current_instance() is None:
         DefaultScope.get_instance('dualformer-ablation', scope_name='mmpretrain')
 
@@ -111,13 +111,28 @@ def build_dataset(root: str, prefix: str, budget: Budget, train: bool):
                                pipeline=pipeline))
 
 
-def build_classifier(budget: Budget, backbone_options: Dict[str, Any], num_classes: int):
-    """The project's classifier config with the variant's backbone options."""
+def build_classifier(budget: Budget, backbone_options: Dict[str, Any], num_classes: int,
+                     config_file: str = CLASSIFIER_CONFIG):
+    """The project's classifier config with the variant's backbone options.
+
+    Args:
+        budget: The shared budget (size, stochastic depth).
+        backbone_options: DualFormer options of the variant (nested dicts allowed).
+        num_classes: Classes of the dataset.
+        config_file: The classifier config. Defaults to :data:`CLASSIFIER_CONFIG` under the
+            working directory.
+
+    Example:
+        >>> model = build_classifier(Budget(), {'block_cfg': {'mode': 'serial'}}, 3,
+        ...                          'configs/mmpretrain/dualformer_t_in1k.py')  # doctest: +SKIP
+        >>> model.head.num_classes, model.backbone.block_cfg.mode  # doctest: +SKIP
+        (3, 'serial')
+    """
     from mmpretrain.registry import MODELS
 
-    from dualformer_mm import DualFormer
+    from ...models import DualFormer
     _scope()
-    config = _classifier_config()
+    config = _classifier_config(config_file)
     cfg = copy.deepcopy(config.model)
     cfg.data_preprocessor = dict(copy.deepcopy(config.data_preprocessor),
                                  num_classes=num_classes)
@@ -133,8 +148,12 @@ def build_classifier(budget: Budget, backbone_options: Dict[str, Any], num_class
 
 
 @functools.lru_cache(maxsize=1)
-def _classifier_config() -> Config:
-    return Config.fromfile(CLASSIFIER_CONFIG)
+def _classifier_config(path: str) -> Config:
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'the ablation builds its classifier from {path}, which does '
+                                f'not exist under {osp.abspath(".")}; pass the config of a '
+                                'checkout of the repository')
+    return Config.fromfile(path)
 
 
 def _merge(target: Dict, options: Dict[str, Any]) -> None:
@@ -172,8 +191,8 @@ def evaluate(model, dataset, batch_size: int) -> float:
 
 
 def train_one(budget: Budget, backbone_options: Dict[str, Any], seed: int, train_set, val_set,
-              progress: Optional[Callable[[int, float, float], None]] = None
-              ) -> Dict[str, Any]:
+              progress: Optional[Callable[[int, float, float], None]] = None,
+              config_file: str = CLASSIFIER_CONFIG) -> Dict[str, Any]:
     """Train one variant with one seed and evaluate it.
 
     Args:
@@ -183,6 +202,7 @@ def train_one(budget: Budget, backbone_options: Dict[str, Any], seed: int, train
         train_set: Training dataset (:func:`build_dataset`).
         val_set: Evaluation dataset.
         progress: Called as ``progress(step, loss, seconds_per_step)`` after each step.
+        config_file: The classifier config (:func:`build_classifier`).
 
     Returns:
         dict: ``top1`` (%), ``final_loss``, ``ms_per_step`` (median of the timed steps),
@@ -190,7 +210,7 @@ def train_one(budget: Budget, backbone_options: Dict[str, Any], seed: int, train
     """
     set_random_seed(seed)
     num_classes = len(train_set.metainfo['classes'])
-    model = build_classifier(budget, backbone_options, num_classes)
+    model = build_classifier(budget, backbone_options, num_classes, config_file)
     optim_wrapper = build_optim_wrapper(model, dict(
         optimizer=dict(type='AdamW', lr=budget.lr, weight_decay=budget.weight_decay,
                        betas=(0.9, 0.999)),
@@ -220,9 +240,19 @@ def train_one(budget: Budget, backbone_options: Dict[str, Any], seed: int, train
                 ms_per_step=1e3 * statistics.median(timed), train_seconds=train_seconds)
 
 
-def complexity(budget: Budget, backbone_options: Dict[str, Any],
-               num_classes: int) -> Tuple[int, int]:
-    """Parameters and FLOPs of the variant's classifier on one ``img_size`` image."""
-    from dualformer_mm.utils import count_complexity
-    model = build_classifier(budget, backbone_options, num_classes)
+def complexity(budget: Budget, backbone_options: Dict[str, Any], num_classes: int,
+               config_file: str = CLASSIFIER_CONFIG) -> Tuple[int, int]:
+    """Parameters and FLOPs of the variant's classifier on one ``img_size`` image.
+
+    Args:
+        budget: The shared budget (the image size).
+        backbone_options: DualFormer options of the variant.
+        num_classes: Classes of the dataset.
+        config_file: The classifier config (:func:`build_classifier`).
+
+    Returns:
+        tuple[int, int]: Parameters and FLOPs.
+    """
+    from ...utils import count_complexity
+    model = build_classifier(budget, backbone_options, num_classes, config_file)
     return count_complexity(model, (budget.img_size, budget.img_size))

@@ -1,5 +1,6 @@
 # Copyright (c) dualformer-mm contributors.
-"""What ``pytorch2onnx.py`` exports: one image-in, tensors-out module per part of a model.
+"""What ``tools/deployment/pytorch2onnx.py`` exports: one image-in, tensors-out module per part
+of a model.
 
 Each :class:`ExportTarget` pairs the module the exporter traces with the toolbox's own
 computation it must equal (:attr:`ExportTarget.reference`), so the ONNX Runtime check compares
@@ -19,7 +20,6 @@ import contextlib
 import importlib.util
 import os.path as osp
 import re
-import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,20 +29,19 @@ from mmengine.config import Config
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-for path in (ROOT, osp.join(ROOT, 'tools')):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from ..models import PartitionAttention
+from ..ops.partition import lsh_projection
+from ..utils import build_model_from_cfg, config_toolbox
+from ..utils.runner import replace_norm_type
 
-from dualformer_mm.utils import build_model_from_cfg, config_toolbox  # noqa: E402
-from runner_env import replace_norm_type  # noqa: E402
-
+#: The parts of a model :func:`build_target` exports.
 PARTS = ('backbone', 'classifier', 'segmentor', 'detector')
 #: The part exported by default for each toolbox (config ``default_scope``).
 DEFAULT_PART = {'mmpretrain': 'classifier', 'mmseg': 'segmentor', 'mmdet': 'detector'}
 #: The parts each toolbox's configs can give.
 PARTS_OF = {'mmpretrain': ('backbone', 'classifier'), 'mmseg': ('backbone', 'segmentor'),
             'mmdet': ('backbone', 'detector')}
+#: Why a detector's export stops at the FPN, for reports and ``--help``.
 DETECTOR_HEADS_NOTE = (
     "Mask R-CNN's RPN and RoI heads are not exported: their NMS, RoIAlign and mask pasting "
     'need the deployment ops and rewrites of mmdeploy (e.g. mmdeploy\'s '
@@ -204,7 +203,6 @@ def build_target(config: str, checkpoint: Optional[str] = None, part: str = 'aut
         raise ValueError(f'--part must be one of {("auto", ) + PARTS_OF[scope]} for a '
                          f'{scope} config, got {part!r}')
     if part == 'backbone':
-        import dualformer_mm  # noqa: F401  (registers DualFormer)
         backbone_cfg = cfg.model.backbone.copy()
         backbone_cfg.update(out_indices=(0, 1, 2, 3))
         backbone = MODELS.build(backbone_cfg).eval()
@@ -270,8 +268,6 @@ def partition_statistics(backbone: nn.Module) -> Iterator[Dict[str, float]]:
         >>> 0 < stats['margin'] < 1
         True
     """
-    from dualformer_mm import PartitionAttention
-    from dualformer_mm.ops.partition import lsh_projection
     seen: List[Tuple[int, int]] = []
     margins: List[float] = []
 

@@ -10,20 +10,8 @@ from typing import Any, Callable, Dict
 
 import torch
 
+from ..utils.environment import cpu_model, package_version
 from .options import Settings
-from .zoo import package_version
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, else what platform knows."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe_environment(settings: Settings) -> Dict[str, Any]:
@@ -55,8 +43,8 @@ def describe_environment(settings: Settings) -> Dict[str, Any]:
         'settings': asdict(settings),
     }
     try:
-        from dualformer_mm import ops
-        from dualformer_mm.ops import _backend
+        from .. import ops
+        from ..ops import _backend
         # The partition ops run fused C++/CUDA kernels or the PyTorch reference; DualFormer's
         # speed depends on which, so the result must say (`kernels`: what ran).
         mode, built = ops.get_backend(), ops.extension_available(settings.device)

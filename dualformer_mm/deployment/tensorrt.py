@@ -7,7 +7,8 @@ TensorRT's ONNX parser (10.x) does not take ScatterND with a reduction; it takes
 ScatterElements with one (through its scatterElements plugin). For indices of that shape the
 two are the same operation: ``ScatterElements(data, expand(indices, shape(updates)), updates,
 axis=0)`` adds row ``updates[i]`` into ``data[indices[i]]`` as ScatterND does. The rewritten
-file is checked in ONNX Runtime like any export (``pytorch2onnx.py --scatter-elements``).
+file is checked in ONNX Runtime like any export
+(``tools/deployment/pytorch2onnx.py --scatter-elements``).
 """
 from typing import List, Tuple
 

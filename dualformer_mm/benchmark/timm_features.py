@@ -2,7 +2,7 @@
 """timm's versions of the peer backbones, with the outputs of their toolbox versions.
 
 mmpretrain's Swin-T and ConvNeXt-T are also in timm, which stands in for mmpretrain where it
-does not import (see :func:`benchlib.zoo.resolve_source`). :class:`TimmFeatures` gives timm's
+does not import (see :func:`.zoo.resolve_source`). :class:`TimmFeatures` gives timm's
 ``features_only`` networks the output contract of the toolbox versions, so that both do the
 same work.
 """

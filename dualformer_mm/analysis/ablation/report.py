@@ -1,7 +1,6 @@
 # Copyright (c) dualformer-mm contributors.
 """The ablation's table: one row per variant from the finished runs, as Markdown and JSON."""
 import datetime
-import importlib.metadata
 import os
 import platform
 import statistics
@@ -9,32 +8,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ...utils.environment import cpu_model, package_versions
 from .variants import Variant, describe
 
 REFERENCE = 'full'  # step times are also given relative to the full model, measured alongside
 PACKAGES = ('dualformer_mm', 'mmengine', 'mmcv', 'mmpretrain')
 
 
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo (what ``lscpu`` calls Model name)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> Dict[str, Any]:
     """Date, machine and versions a result was measured with."""
-    versions = {'python': platform.python_version(), 'torch': torch.__version__}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = {'python': platform.python_version(), 'torch': torch.__version__,
+                **package_versions(PACKAGES)}
     return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                 cpu=cpu_model(), cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
                 versions=versions)

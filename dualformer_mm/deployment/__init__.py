@@ -1,0 +1,34 @@
+# Copyright (c) dualformer-mm contributors.
+"""Export DualFormer models to ONNX and check the files in ONNX Runtime.
+
+What ``tools/deployment/pytorch2onnx.py`` and ``tools/deployment/benchmark_onnx.py`` run:
+
+* :mod:`.targets`: the module to export for each part of a model (backbone, classifier,
+  segmentor, detector backbone + FPN) beside the toolbox computation it must reproduce.
+* :mod:`.onnx_export`: the export with the exporter this torch has, and the check in ONNX
+  Runtime.
+* :mod:`.tensorrt`: the rewrite of ScatterND with a reduction into the ScatterElements that
+  TensorRT's ONNX parser takes (imports ``onnx``; import it as
+  ``dualformer_mm.deployment.tensorrt``).
+
+``import dualformer_mm`` does not import this package, and this package imports neither onnx
+nor onnxruntime until a function needs them, so it loads where they are not installed.
+
+Example:
+    >>> from dualformer_mm.deployment import build_target, check_sizes
+    >>> target = build_target('configs/mmpretrain/dualformer_t_in1k.py')  # doctest: +SKIP
+    >>> check_sizes((512, 512), dynamic=True, divisor=32)
+    [(512, 512), (64, 96)]
+"""
+from .onnx_export import (DYNAMIC_MULTIPLE, EXPORTERS, OPSET, TIE_MARGIN, CheckResult,
+                          DeploymentError, check, check_sizes, dynamic_rewrites, export,
+                          op_types, resolve_exporter, session, tie_free_images)
+from .targets import (DETECTOR_HEADS_NOTE, PARTS, ExportTarget, build_target,
+                      partition_statistics)
+
+__all__ = [
+    'CheckResult', 'DETECTOR_HEADS_NOTE', 'DYNAMIC_MULTIPLE', 'DeploymentError', 'EXPORTERS',
+    'ExportTarget', 'OPSET', 'PARTS', 'TIE_MARGIN', 'build_target', 'check', 'check_sizes',
+    'dynamic_rewrites', 'export', 'op_types', 'partition_statistics',
+    'resolve_exporter', 'session', 'tie_free_images'
+]

@@ -14,7 +14,7 @@ import dualformer_mm  # noqa: F401  (registers DualFormer)
 from dualformer_mm import DualFormer, ops
 from dualformer_mm.models import AttentionConfig, BlockConfig
 from dualformer_mm.models.layers import ffn as ffn_layers
-from tests.utils import ARCHS
+from tests.utils import ARCHS, CUDA
 
 STRIDES = (4, 8, 16, 32)
 # Number of tensors and sha256 of the "key shape" lines of DualFormer-T's state dict.
@@ -145,12 +145,11 @@ def test_check_finite_on_other_devices_is_opt_in(check_finite, reads, monkeypatc
     assert len(seen) == int(reads) + int(check_finite != 'off')
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-def test_non_finite_input_on_cuda_leaves_the_device_usable():
-    x = torch.rand(3, 3, 64, 64, device='cuda')
+@pytest.mark.parametrize('device', [CUDA])
+def test_non_finite_input_on_cuda_leaves_the_device_usable(device):
+    x = torch.rand(3, 3, 64, 64, device=device)
     x[2, 0, 0, 0] = float('nan')
-    model = DualFormer(arch=TINY, check_finite='all').cuda().eval()
+    model = DualFormer(arch=TINY, check_finite='all').to(device).eval()
     with pytest.raises(ValueError, match=r'at batch indices \[2\]'):
         model(x)
     # By default GPU inputs are not checked: NaN features, no device-side assert.

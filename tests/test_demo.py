@@ -49,3 +49,13 @@ def test_synthetic_data_is_deterministic(tmp_path):
     coco = json.loads((tmp_path / 'a/coco/annotations/instances_train.json').read_text())
     assert coco['annotations'] and all(len(a['segmentation'][0]) >= 6 for a in coco['annotations'])
     assert {c['name'] for c in coco['categories']} == {'disc', 'square', 'triangle', 'cross'}
+
+
+def test_demo_runs_are_seeded():
+    # make demo seeds every task's run (weights, the LSH hyperplanes, sampling, augmentation).
+    from tests.utils import load_script
+    demo = load_script('tools/run_demo.py')
+    for argv, seed in (([], 0), (['--seed', '3'], 3)):
+        args = demo.parse_args(argv)
+        for task in demo.TASKS:
+            assert demo.demo_config(task, args, None).randomness == dict(seed=seed)

@@ -45,7 +45,7 @@ TASKS = {
 DATA_VERSION = 'shapes-v1-seed0'  # bump when the generator changes, so old data is rebuilt
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train and evaluate DualFormer-T on three '
                                      'tasks with synthetic data.')
     parser.add_argument('--work-dir', default='work_dirs/demo', help='where runs and PNGs go')
@@ -53,7 +53,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS))
     parser.add_argument('--quick', action='store_true',
                         help='2 iterations per task on a small dataset (checks the pipeline)')
-    return parser.parse_args()
+    parser.add_argument('--seed', type=int, default=0,
+                        help="the runs' randomness.seed: weights, LSH hyperplanes, sampling and "
+                        'augmentation (default 0)')
+    return parser.parse_args(argv)
 
 
 def ensure_data(root: str, quick: bool) -> None:
@@ -75,6 +78,7 @@ def demo_config(task: str, args: argparse.Namespace, pretrained: Optional[str]) 
     """The task's demo config pointed at this run's data and work folders."""
     cfg = Config.fromfile(osp.join(ROOT, TASKS[task]['config']))
     cfg.work_dir = osp.join(args.work_dir, task)
+    cfg.randomness = dict(seed=args.seed)
     sub = dict(cls='cls', det='coco', seg='ade')[task]
     data_root = osp.join(args.data_root, sub) + ('/' if task == 'det' else '')
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

@@ -5,7 +5,8 @@ VENV := .venv
 STAMP := $(VENV)/.dualformer-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-full test-compat compat-toolboxes demo flops gpu-check clean-venv
+.PHONY: setup test test-fast test-full test-compat compat-toolboxes demo docs flops gpu-check \
+	clean-venv
 
 setup: $(STAMP)
 
@@ -15,18 +16,28 @@ setup: $(STAMP)
 OPS_SOURCES := $(wildcard dualformer_mm/ops/csrc/*.h dualformer_mm/ops/csrc/*.cpp \
 	dualformer_mm/ops/csrc/cpu/*.h dualformer_mm/ops/csrc/cpu/*.cpp \
 	dualformer_mm/ops/csrc/cuda/*.cuh dualformer_mm/ops/csrc/cuda/*.cu)
-$(STAMP): requirements/stack.txt requirements/tests.txt setup.py tools/setup_env.sh \
+$(STAMP): requirements/stack.txt requirements/tests.txt requirements/docs.txt setup.py \
+		tools/setup_env.sh \
 		tools/install/compile_bytecode.sh \
 		cuda_build.py tools/install/mmcv_wheels.py $(OPS_SOURCES)
 	PYTHON=$(PYTHON) bash tools/setup_env.sh
 	touch $@
 
 # The main suite in the pinned stack on two pytest-xdist workers, its `slow` end-to-end runs
-# included and its `full` size sweeps left out (pytest.ini), then test-compat.
+# included and its `full` size sweeps left out (pytest.ini), then the docs site, then
+# test-compat.
 XDIST := -n 2 --dist loadgroup
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests $(XDIST) -m "not full" $(PYTEST_ARGS)
+	$(MAKE) docs
 	$(MAKE) test-compat
+
+# The documentation site: docs/*.md and the API reference generated from the docstrings, as
+# HTML in docs/_build/html. Any warning fails it (-W), broken cross-references included (-n).
+DOCS_SRC ?= docs
+DOCS_OUT ?= docs/_build/html
+docs: $(STAMP)
+	$(VENV)/bin/python -m sphinx -W --keep-going -n -q -b html -c docs $(DOCS_SRC) $(DOCS_OUT)
 
 # The main suite without its end-to-end runs (pytest.ini's `slow` and `full` markers).
 # Short tests only, handed out in chunks of consecutive tests (worksteal). On a 2-core AMD EPYC

@@ -88,12 +88,12 @@ if [ "$MODE" = wheel ]; then
     exit 0
 fi
 
-log "installing mmcv, the toolboxes and test dependencies"
+log "installing mmcv, the toolboxes, test and docs dependencies"
 # mmcv comes from the wheel just built, so its pin is left out of what uv resolves;
 # --reinstall-package: a venv holding mmcv of the same version but the other flavour would
 # otherwise keep it.
 "${UV[@]}" -q --reinstall-package mmcv "$MMCV_WHEEL" -r <(grep -v '^mmcv==' "$STACK") \
-    -r "$ROOT/requirements/tests.txt"
+    -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/docs.txt"
 
 log "installing dualformer_mm (editable) and compiling its partition ops"
 # setup.py compiles dualformer_mm._ext: the CPU kernels always, the CUDA kernels too when nvcc

@@ -304,3 +304,7 @@ ONNX_EXPORT_DYNAMO_BY_DEFAULT = TORCH_VERSION >= (2, 9)
 #: deprecated ``torch._cast_*`` ops) exist up to torch 2.9; torch 2.10 removed them, and
 #: mmdeploy 1.3.1's RoIAlign translation still imports it.
 ONNX_HAS_CAST_LONG = TORCH_VERSION < (2, 10)
+#: torch.fx keeps the functions ``torch.fx.wrap`` registered in a dict keyed by
+#: ``(id(globals), name)`` from torch 2.1 (a list of pairs before); mmdeploy 1.3.1 counts and
+#: pops them as a list when it leaves its rewriter context.
+FX_WRAPS_IN_A_DICT = TORCH_VERSION >= (2, 1)

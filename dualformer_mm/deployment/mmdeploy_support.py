@@ -25,6 +25,13 @@ registered only where that version needs it (the torch conditions are flags of
   pyramid pooling to 2, 3 and 6 bins at most sizes) and, in a dynamic export, fixes the kernel
   of the traced size. Here it becomes two averaging matrices built from the input's size
   (:class:`~dualformer_mm.deployment.onnx_export._AdaptiveAvgPool2d`): exact at every size.
+* ``fx-wraps`` (torch >= 2.1): mmdeploy 1.3.1 leaves its rewriter context by popping, as from a
+  list, the ``torch.fx.wrap`` registrations made inside it; torch keeps them in a dict, so an
+  export during which a module registers one (the torch.export-based exporter's first import
+  does) ends in ``KeyError: -1`` with every rewrite left in place (``torch.onnx.export`` and
+  mmdet's functions stay patched for the rest of the process). mmdeploy adds none of its own
+  there (its copies of wrapped functions look them up as pairs), so its exit is patched to
+  leave torch's registrations alone and restore the rewritten functions.
 * ``opset-check`` (every version): DualFormer needs ONNX opset 18 (``ScatterElements`` with
   ``reduction='max'``); mmdeploy's default is 11. A rewrite of ``DualFormer.forward`` raises
   an error naming ``onnx_config=dict(opset_version=18)`` below it, instead of an exporter
@@ -39,7 +46,7 @@ Example:
     >>> from dualformer_mm.deployment import mmdeploy_support
     >>> [m.name for m in mmdeploy_support.MENDS if m.active]  # doctest: +SKIP
     ['torchscript-exporter', 'cast-long', 'partition-scatters', 'exact-adaptive-pool',
-     'opset-check']
+     'fx-wraps', 'opset-check']
 """
 import contextlib
 import importlib.util
@@ -60,6 +67,8 @@ if importlib.util.find_spec('mmdeploy') is None:
 import mmdeploy  # noqa: E402
 import torch  # noqa: E402
 from mmdeploy.core import FUNCTION_REWRITER, SYMBOLIC_REWRITER  # noqa: E402
+from mmdeploy.core.rewriters.function_rewriter import FunctionRewriter  # noqa: E402
+from torch.fx._symbolic_trace import _wrapped_fns_to_patch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.nn.modules.utils import _pair  # noqa: E402
 
@@ -143,6 +152,17 @@ def adaptive_avg_pool2d__exact(input: Tensor, output_size) -> Tensor:
     return _AdaptiveAvgPool2d(size)(input)
 
 
+# --- torch.fx wraps --------------------------------------------------------------------------
+
+_ORIGINAL_EXIT = FunctionRewriter.exit
+
+
+def _exit_keeping_fx_wraps(self) -> None:
+    """mmdeploy's ``FunctionRewriter.exit`` without popping torch.fx's wraps by index."""
+    self._ori_fx_wrap_num = len(_wrapped_fns_to_patch)
+    _ORIGINAL_EXIT(self)
+
+
 # --- opset ------------------------------------------------------------------------------------
 
 
@@ -191,6 +211,10 @@ MENDS: List[Mend] = [
          "differs from PyTorch's bins where they do not divide the map: averaging matrices for "
          'the onnxruntime backend instead',
          True, ((_FUNCTION, 'torch.nn.functional.adaptive_avg_pool2d'), )),
+    Mend('fx-wraps',
+         "torch >= 2.1 keeps torch.fx's wraps in a dict, which mmdeploy 1.3.1 pops as a list on "
+         'leaving its rewriter context (KeyError: -1, rewrites left in place): its exit leaves '
+         "torch's wraps alone", compat.FX_WRAPS_IN_A_DICT),
     Mend('opset-check',
          f'DualFormer needs opset >= {OPSET}; mmdeploy defaults to 11: a clear error instead of '
          "the exporter's",
@@ -211,6 +235,8 @@ def _register() -> None:
         FUNCTION_REWRITER.register_rewriter('torch.onnx.export')(torch_onnx_export__torchscript)
     if _MENDS['cast-long'].active:
         _restore_cast_long()
+    if _MENDS['fx-wraps'].active:
+        FunctionRewriter.exit = _exit_keeping_fx_wraps
     SYMBOLIC_REWRITER.register_symbolic('index_add', is_pytorch=True)(
         index_add__scatter_elements)
     SYMBOLIC_REWRITER.register_symbolic('scatter_reduce', is_pytorch=True)(

@@ -78,6 +78,12 @@ def test_mends_follow_the_torch_version():
             pass
 
 
+def test_docstring_examples():
+    import doctest
+    result = doctest.testmod(support)
+    assert result.attempted and not result.failed
+
+
 def test_fx_wrap_inside_mmdeploys_context_leaves_it_restoring_the_rewrites():
     from torch.fx._symbolic_trace import _wrapped_fns_to_patch
     export = torch.onnx.export

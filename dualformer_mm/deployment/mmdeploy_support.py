@@ -93,7 +93,9 @@ class Mend:
             registries that hold it (empty for a patch of torch).
 
     Example:
-        >>> [m.name for m in MENDS]  # doctest: +SKIP
+        >>> mend = next(m for m in MENDS if m.name == 'exact-adaptive-pool')
+        >>> mend.active, mend.registrations
+        (True, (('FUNCTION_REWRITER', 'torch.nn.functional.adaptive_avg_pool2d'),))
     """
 
     name: str
@@ -105,7 +107,7 @@ class Mend:
 # --- exporter ------------------------------------------------------------------------------
 
 
-def torch_onnx_export__torchscript(*args, **kwargs):
+def _torch_onnx_export__torchscript(*args, **kwargs):
     """``torch.onnx.export`` inside mmdeploy's export, with the TorchScript exporter."""
     ctx = FUNCTION_REWRITER.get_context()
     kwargs.setdefault('dynamo', False)
@@ -130,12 +132,12 @@ def _restore_cast_long() -> None:
 # --- partition scatters ----------------------------------------------------------------------
 
 
-def index_add__scatter_elements(g, self, dim, index, source, alpha=None):
+def _index_add__scatter_elements(g, self, dim, index, source, alpha=None):
     """``index_add`` as ``ScatterElements(reduction='add')`` (repeated indices included)."""
     return _index_add_symbolic(g, self, dim, index, source, alpha)
 
 
-def scatter_reduce__scatter_elements(g, self, dim, index, src, reduce, include_self=True):
+def _scatter_reduce__scatter_elements(g, self, dim, index, src, reduce, include_self=True):
     """``scatter_reduce`` as one ``ScatterElements`` with its reduction."""
     return _scatter_reduce_symbolic(g, self, dim, index, src, reduce, include_self)
 
@@ -143,7 +145,7 @@ def scatter_reduce__scatter_elements(g, self, dim, index, src, reduce, include_s
 # --- exact adaptive pooling ------------------------------------------------------------------
 
 
-def adaptive_avg_pool2d__exact(input: Tensor, output_size) -> Tensor:
+def _adaptive_avg_pool2d__exact(input: Tensor, output_size) -> Tensor:
     """``adaptive_avg_pool2d`` with PyTorch's bins at every input size, for ONNX Runtime."""
     ctx = FUNCTION_REWRITER.get_context()
     size = _pair(output_size)
@@ -175,7 +177,7 @@ def _export_opset(ctx) -> int:
     return int(opset)
 
 
-def dualformer_forward__opset_check(self, x: Tensor):
+def _dualformer_forward__opset_check(self, x: Tensor):
     """``DualFormer.forward``, refusing an ONNX export below opset :data:`OPSET`."""
     ctx = FUNCTION_REWRITER.get_context()
     if torch.onnx.is_in_onnx_export():
@@ -232,20 +234,20 @@ def _registry(kind: str) -> Dict[str, list]:
 def _register() -> None:
     """Register every active mend (once per process: a second import is a no-op)."""
     if _MENDS['torchscript-exporter'].active:
-        FUNCTION_REWRITER.register_rewriter('torch.onnx.export')(torch_onnx_export__torchscript)
+        FUNCTION_REWRITER.register_rewriter('torch.onnx.export')(_torch_onnx_export__torchscript)
     if _MENDS['cast-long'].active:
         _restore_cast_long()
     if _MENDS['fx-wraps'].active:
         FunctionRewriter.exit = _exit_keeping_fx_wraps
     SYMBOLIC_REWRITER.register_symbolic('index_add', is_pytorch=True)(
-        index_add__scatter_elements)
+        _index_add__scatter_elements)
     SYMBOLIC_REWRITER.register_symbolic('scatter_reduce', is_pytorch=True)(
-        scatter_reduce__scatter_elements)
+        _scatter_reduce__scatter_elements)
     FUNCTION_REWRITER.register_rewriter(
         'torch.nn.functional.adaptive_avg_pool2d', backend='onnxruntime')(
-            adaptive_avg_pool2d__exact)
+            _adaptive_avg_pool2d__exact)
     FUNCTION_REWRITER.register_rewriter('dualformer_mm.DualFormer.forward')(
-        dualformer_forward__opset_check)
+        _dualformer_forward__opset_check)
 
 
 _register()
@@ -279,9 +281,9 @@ def suspended(*names: str) -> Iterator[None]:
                              f'{[m.name for m in MENDS if m.active and m.registrations]}; '
                              f'got {name!r}')
     wanted = {fn for name in names for _, fn in _MENDS[name].registrations}
-    own = (torch_onnx_export__torchscript, index_add__scatter_elements,
-           scatter_reduce__scatter_elements, adaptive_avg_pool2d__exact,
-           dualformer_forward__opset_check)
+    own = (_torch_onnx_export__torchscript, _index_add__scatter_elements,
+           _scatter_reduce__scatter_elements, _adaptive_avg_pool2d__exact,
+           _dualformer_forward__opset_check)
     try:
         for name in names:
             for kind, function in _MENDS[name].registrations:

@@ -406,7 +406,8 @@ def test_mask_rcnn_resnet50_parity_shows_mmdeploys_own_differences(tmp_path):
     between mmdeploy and eager mmdet without DualFormer."""
     config = tmp_path / 'mask_rcnn_r50.py'
     config.write_text(f'_base_ = {R50!r}\nmodel = dict(backbone=dict(init_cfg=None))\n')
-    for name, (a, b) in _detector_parity(tmp_path, str(config), ['coffee', 'astronaut'],
+    # One photo, to keep make test short (docs/deployment.md also gives coffee's figures).
+    for name, (a, b) in _detector_parity(tmp_path, str(config), ['astronaut'],
                                          DET_SCALE).items():
         _assert_same_detections(a, least_matched=100, least_alike=100)
         _assert_same_detections(b, least_matched=98, least_alike=90)

@@ -16,7 +16,8 @@ setup: $(STAMP)
 OPS_SOURCES := $(wildcard dualformer_mm/ops/csrc/*.h dualformer_mm/ops/csrc/*.cpp \
 	dualformer_mm/ops/csrc/cpu/*.h dualformer_mm/ops/csrc/cpu/*.cpp \
 	dualformer_mm/ops/csrc/cuda/*.cuh dualformer_mm/ops/csrc/cuda/*.cu)
-$(STAMP): requirements/stack.txt requirements/tests.txt requirements/docs.txt setup.py \
+$(STAMP): requirements/stack.txt requirements/tests.txt requirements/docs.txt \
+		requirements/deploy.txt setup.py \
 		tools/setup_env.sh \
 		tools/install/compile_bytecode.sh \
 		cuda_build.py tools/install/mmcv_wheels.py $(OPS_SOURCES)

@@ -294,3 +294,18 @@ LIMITATIONS = describe_limitations()
 if __name__ == '__main__':
     print(f'torch {torch.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}')
     print(LIMITATIONS or 'no limitations on this torch')
+
+# --- mmdeploy (dualformer_mm.deployment.mmdeploy_support) ----------------------------------
+
+#: ``torch.onnx.export`` exports with the torch.export-based exporter unless told
+#: ``dynamo=False``: the default from torch 2.9. mmdeploy 1.3.1 passes TorchScript-exporter
+#: arguments (``dynamic_axes``, tuples of data samples) and no ``dynamo``.
+ONNX_EXPORT_DYNAMO_BY_DEFAULT = TORCH_VERSION >= (2, 9)
+#: ``torch.onnx.symbolic_opset9._cast_Long`` (and the other ``_cast_*`` translations of the
+#: deprecated ``torch._cast_*`` ops) exist up to torch 2.9; torch 2.10 removed them, and
+#: mmdeploy 1.3.1's RoIAlign translation still imports it.
+ONNX_HAS_CAST_LONG = TORCH_VERSION < (2, 10)
+#: torch.fx keeps the functions ``torch.fx.wrap`` registered in a dict keyed by
+#: ``(id(globals), name)`` from torch 2.1 (a list of pairs before); mmdeploy 1.3.1 counts and
+#: pops them as a list when it leaves its rewriter context.
+FX_WRAPS_IN_A_DICT = TORCH_VERSION >= (2, 1)

@@ -95,6 +95,11 @@ log "installing mmcv, the toolboxes, test and docs dependencies"
 "${UV[@]}" -q --reinstall-package mmcv "$MMCV_WHEEL" -r <(grep -v '^mmcv==' "$STACK") \
     -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/docs.txt"
 
+log "installing mmdeploy and what it imports (requirements/deploy.txt, without requirements)"
+# mmdeploy 1.3.1 requires protobuf<=3.20.2, which onnx refuses: --no-deps, with every package it
+# imports pinned in the file, so torch, mmcv, onnx, protobuf and numpy stay as installed above.
+"${UV[@]}" -q --no-deps -r "$ROOT/requirements/deploy.txt"
+
 log "installing dualformer_mm (editable) and compiling its partition ops"
 # setup.py compiles dualformer_mm._ext: the CPU kernels always, the CUDA kernels too when nvcc
 # and a CUDA torch are present, for the architectures of the same rule as mmcv's. A failed
@@ -111,7 +116,9 @@ bash "$ROOT/tools/install/compile_bytecode.sh" "$VPY"
 
 "$VPY" - <<'PY'
 import torch, torchvision, mmengine, mmcv, mmcv.ops, mmdet, mmseg, mmpretrain, dualformer_mm
+import mmdeploy
 print(f"[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, "
-      f"mmseg {mmseg.__version__}, mmpretrain {mmpretrain.__version__}")
+      f"mmseg {mmseg.__version__}, mmpretrain {mmpretrain.__version__}, "
+      f"mmdeploy {mmdeploy.__version__}")
 PY

@@ -10,6 +10,10 @@ What ``tools/deployment/pytorch2onnx.py`` and ``tools/deployment/benchmark_onnx.
 * :mod:`.tensorrt`: the rewrite of ScatterND with a reduction into the ScatterElements that
   TensorRT's ONNX parser takes (imports ``onnx``; import it as
   ``dualformer_mm.deployment.tensorrt``).
+* :mod:`.mmdeploy_support`: what mmdeploy 1.3.1 needs to export whole DualFormer detectors and
+  segmentors (its rewriter registrations); imported by the deploy configs of
+  ``configs/deploy`` through ``custom_imports``, or as
+  ``dualformer_mm.deployment.mmdeploy_support`` (needs mmdeploy: ``requirements/deploy.txt``).
 
 ``import dualformer_mm`` does not import this package, and this package imports neither onnx
 nor onnxruntime until a function needs them, so it loads where they are not installed.

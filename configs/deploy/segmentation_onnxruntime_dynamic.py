@@ -1,0 +1,32 @@
+# mmdeploy 1.3.1: UperNet (semantic segmentation) to ONNX Runtime, batch, height and width
+# dynamic. Written for DualFormer (configs/mmseg/upernet_dualformer_*.py); the fields are
+# mmdeploy's (its configs/mmseg/segmentation_onnxruntime_dynamic.py) with opset 18.
+# The sides must be multiples of 32 (docs/deployment.md, "Dynamic shapes"); mmseg's test
+# pipeline resizes to 2048x512 keeping the ratio, so pad the image or pick a size that is.
+#
+#   python tools/deploy.py configs/deploy/segmentation_onnxruntime_dynamic.py \
+#       configs/mmseg/upernet_dualformer_t_ade20k.py CKPT IMG --work-dir W --device cpu
+#
+# custom_imports: see instance-seg_onnxruntime_dynamic.py.
+custom_imports = dict(
+    imports=['dualformer_mm', 'dualformer_mm.deployment.mmdeploy_support'],
+    allow_failed_imports=False)
+
+onnx_config = dict(
+    type='onnx',
+    export_params=True,
+    keep_initializers_as_inputs=False,
+    opset_version=18,
+    save_file='end2end.onnx',
+    input_names=['input'],
+    output_names=['output'],
+    input_shape=None,
+    optimize=False,
+    dynamic_axes={
+        'input': {0: 'batch', 2: 'height', 3: 'width'},
+        'output': {0: 'batch', 2: 'height', 3: 'width'},
+    })
+
+codebase_config = dict(type='mmseg', task='Segmentation', with_argmax=True)
+
+backend_config = dict(type='onnxruntime')

@@ -44,6 +44,9 @@ autodoc_member_order = 'bysource'
 autodoc_typehints = 'description'
 autodoc_class_signature = 'separated'
 autodoc_default_options = {'members': True, 'show-inheritance': True}
+# A method that overrides a library's (a Hook's after_train_iter, a Function's forward) is
+# documented by its own docstring or not at all, not by the library's text.
+autodoc_inherit_docstrings = False
 
 # Every cross-reference must resolve, except to the libraries whose inventories are not
 # fetched (the build reads no network).
@@ -54,6 +57,11 @@ nitpick_ignore_regex = [
     (r'py:.*', r'(Tensor|Module|nn\.Module|Optional|Union|Callable|Iterator|Sequence|Mapping|'
      r'Any|Dict|List|Tuple|ClassVar|Type|Path|Config|ConfigDict|BaseModule|BaseBackbone)'),
     (r'py:class', r'(optional|callable|tensor|bool|int|float|str|dict|list|tuple|default.*)'),
+    # Private bases (``Bases: _OptionConfig``) are not part of the documented API.
+    (r'py:class', r'.*\._[A-Za-z]\w*'),
+    # Library classes that docstrings name by their short name.
+    (r'py:class', r'(Runner|DataLoader|Dataset|Sampler|Hook|Dropout|BatchNorm|_BatchNorm|'
+     r'LayerNorm|Conv2d|Linear|GELU|Function|EpochBasedTrainLoop|IterBasedTrainLoop)'),
 ]
 
 html_theme = 'furo'

@@ -3,8 +3,8 @@
 
 They are mmengine's epoch- and iteration-based training loops with one difference in how the
 training dataloader is built: its dataset and sampler are wrapped in
-:class:`~dualformer_mm.engine.PerSampleSeedDataset` and
-:class:`~dualformer_mm.engine.PerSampleSeedSampler`, so that a resumed run loads the same
+:class:`~dualformer_mm.engine.sample_seeding.PerSampleSeedDataset` and
+:class:`~dualformer_mm.engine.sample_seeding.PerSampleSeedSampler`, so that a resumed run loads the same
 augmented batches as the run it continues, whatever the number of workers (see
 ``sample_seeding.py``). The config keeps its usual shape: ``train_dataloader.dataset`` is
 still the dataset, so ``--cfg-options train_dataloader.dataset.data_root=...`` works as before.
@@ -24,7 +24,8 @@ def per_sample_seeded(dataloader: Union[Dict, DataLoader], seed: int) -> Union[D
 
     Args:
         dataloader (dict or DataLoader): A ``train_dataloader`` config; a built DataLoader is
-            accepted only if its dataset is already a :class:`PerSampleSeedDataset`.
+            accepted only if its dataset is already a
+            :class:`~dualformer_mm.engine.sample_seeding.PerSampleSeedDataset`.
         seed (int): The run's seed, the first word of every sample's key.
 
     Returns:

@@ -17,8 +17,8 @@ seed, the rank, the epoch and the sample's position only: the same with 0, 2 or 
 persistent or not, interrupted or not; and data loading in the main process
 (``num_workers=0``) leaves the main process's streams (stochastic depth, mixup) untouched.
 
-:class:`dualformer_mm.engine.SeededEpochBasedTrainLoop` and
-:class:`~dualformer_mm.engine.SeededIterBasedTrainLoop` wrap the training dataloader of a
+:class:`~dualformer_mm.engine.loops.SeededEpochBasedTrainLoop` and
+:class:`~dualformer_mm.engine.loops.SeededIterBasedTrainLoop` wrap the training dataloader of a
 config in these two classes.
 """
 import random

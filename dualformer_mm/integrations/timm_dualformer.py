@@ -5,7 +5,7 @@ Imported by :func:`dualformer_mm.integrations.register_timm_models` when timm im
 registers ``dualformer_t``, ``dualformer_xs``, ``dualformer_s`` and ``dualformer_b``.
 
 The timm model *is* the classifier of ``configs/mmpretrain`` (``configs/_base_/models/
-dualformer_cls.py``): the same :class:`~dualformer_mm.DualFormer` backbone under ``backbone``
+dualformer_cls.py``): the same :class:`~dualformer_mm.models.DualFormer` backbone under ``backbone``
 with the output norm of its last stage, global average pooling and a linear layer under
 ``head.fc``. The state dict keys are the mmpretrain classifier's, so a checkpoint trained with
 ``configs/mmpretrain`` loads as it is (:func:`checkpoint_filter_fn` only unwraps it), and the
@@ -87,7 +87,7 @@ class DualFormerTimm(nn.Module):
     """The DualFormer classifier of ``configs/mmpretrain`` with timm's model interface.
 
     Args:
-        arch (str | dict): DualFormer size, as :class:`~dualformer_mm.DualFormer` takes it.
+        arch (str | dict): DualFormer size, as :class:`~dualformer_mm.models.DualFormer` takes it.
             Defaults to ``'t'``.
         num_classes (int): Classes of the linear classifier; 0 leaves it out (the pooled
             features come out). Defaults to 1000.
@@ -101,7 +101,7 @@ class DualFormerTimm(nn.Module):
         norm_indices (Sequence[int]): Stages whose output has an output norm, the
             backbone's ``out_indices``; the last stage always has one. Defaults to ``(3, )``,
             the classifier; ``features_only`` models get their ``out_indices``.
-        **backbone_kwargs: Further :class:`~dualformer_mm.DualFormer` arguments
+        **backbone_kwargs: Further :class:`~dualformer_mm.models.DualFormer` arguments
             (``norm_cfg``, ``with_cp``, ``block_cfg``, ``attn_cfg``, ...).
 
     Example:

@@ -1,10 +1,10 @@
 # Copyright (c) dualformer-mm contributors.
 """Partition ops of MHPA (paper section 3.2).
 
-Each op ``foo`` has a pure-PyTorch reference ``foo_pytorch`` (in :mod:`.partition`), the test
+Each op ``foo`` has a pure-PyTorch reference ``foo_pytorch`` (in ``dualformer_mm/ops/partition.py``), the test
 oracle and the fallback; ``foo`` itself runs the fused C++/CUDA kernel of
 ``dualformer_mm._ext`` or the reference according to ``DUALFORMER_OPS``
-(``auto``/``ext``/``reference``, see :mod:`._backend` and ``docs/ops.md``); ``auto`` runs the
+(``auto``/``ext``/``reference``, see ``dualformer_mm/ops/_backend.py`` and ``docs/ops.md``); ``auto`` runs the
 CPU kernels and, until the CUDA kernels have passed on a GPU, the reference on CUDA tensors.
 Importing this package never imports the extension, so it needs no build: the extension is
 imported when a module that calls the ops is built (``PartitionAttention`` calls

@@ -275,6 +275,7 @@ class DualFormer(BaseModule):
         [(1, 64, 57, 76), (1, 128, 29, 38), (1, 256, 15, 19), (1, 320, 8, 10)]
     """
 
+    #: The keys of a custom ``arch`` dict.
     arch_settings_keys = {'depths', 'channels', 'num_heads', 'mlp_ratios'}
     # Depths and channels from Table 1; heads and MLP ratios chosen so that parameters and
     # FLOPs at 224x224 with a 1000-class head match Table 1 (see docs/architecture.md).

@@ -3,8 +3,8 @@
 
 :class:`FFN` is the usual transformer FFN written for NCHW maps (1x1 conv, activation, 1x1
 conv). On CPU, for channels-last maps, it runs as matrix products over tiles of pixels so that
-the wide hidden map never goes through memory in full (:func:`ffn_over_tiles`, and
-:class:`TiledFFNFunction` with its own tiled backward). ``tests/test_layers.py`` compares
+the wide hidden map never goes through memory in full (:func:`~dualformer_mm.models.layers.ffn_over_tiles`, and
+:class:`~dualformer_mm.models.layers.ffn.TiledFFNFunction` with its own tiled backward). ``tests/test_layers.py`` compares
 every path with the plain convolutions; ``docs/architecture.md`` ("Memory layout and FFN
 tiles") and ``docs/benchmarks.md`` give the measurements behind the thresholds.
 """
@@ -70,7 +70,7 @@ class TiledFFNFunction(torch.autograd.Function):
     plain path, the pre-activation and the activation): the backward recomputes each tile's
     pre-activation and activation while the tile is in cache, one extra product with
     ``w1``. The results are those of the plain path up to the order of fp32 additions in the
-    weight gradients. Takes the arguments of :func:`ffn_over_tiles`.
+    weight gradients. Takes the arguments of :func:`~dualformer_mm.models.layers.ffn_over_tiles`.
     """
 
     @staticmethod
@@ -122,7 +122,7 @@ class FFN(BaseModule):
       in inference (no autograd), where the full hidden map (115 MB in fp32 for one image in
       DualFormer-S's first stage at 800x1280: 200x320 pixels of 448 channels) never exists;
     * and in training while ``dims`` is at most ``TILED_TRAINING_MAX_DIMS``, with a tiled
-      backward (:class:`TiledFFNFunction`) that recomputes each tile's hidden activations
+      backward (:class:`~dualformer_mm.models.layers.ffn.TiledFFNFunction`) that recomputes each tile's hidden activations
       instead of keeping two hidden maps. With more channels the convolutions' own blocking
       wins.
 
@@ -172,7 +172,7 @@ class FFN(BaseModule):
 
     def _tiled(self, x: Tensor, training: bool) -> Tensor:
         """The FFN over tiles of pixels of a channels-last map; ``training``: with the tiled
-        backward of :class:`TiledFFNFunction`, else without autograd."""
+        backward of :class:`~dualformer_mm.models.layers.ffn.TiledFFNFunction`, else without autograd."""
         batch, channels, height, width = x.shape
         pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view in channels-last
         args = (pixels, self.fc1.weight.view(self.fc1.out_channels, channels), self.fc1.bias,

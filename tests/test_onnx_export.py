@@ -142,6 +142,17 @@ def test_segmentor_export_is_the_whole_inference(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchscript_segmentor_at_a_size_its_pooling_bins_do_not_divide(tmp_path):
+    # 96x128 gives a 3x4 map at stride 32, which the pyramid pooling's 2, 3 and 6 bins do not
+    # divide: the TorchScript exporter's own translation refuses that, the exact averaging
+    # matrices export.
+    target = targets.build_target(_tiny_config(tmp_path, SEG.format('t')))
+    used, _, (result, ) = _export_and_check(target, tmp_path, (1, 3, 96, 128),
+                                            exporter='torchscript')
+    assert used == 'torchscript' and result.passed(ATOL), result.describe()
+
+
+@pytest.mark.slow
 def test_detector_export_is_backbone_and_fpn(tmp_path):
     target = targets.build_target(_tiny_config(tmp_path, DET.format('t')))
     assert target.output_names == [f'fpn{i}' for i in range(5)] and target.size_divisor == 32

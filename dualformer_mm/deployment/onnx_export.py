@@ -195,7 +195,9 @@ def export(module: nn.Module, images: Tensor, path: str, output_names: Sequence[
             :data:`~dualformer_mm.deployment.partitions.CODES_PREFIX` are partition codes
             (B, heads, tokens): with ``dynamic``, their batch and tokens are symbolic.
         dynamic (bool): Batch, height and width symbolic. Defaults to False.
-        exporter (str): One of :data:`EXPORTERS`. Defaults to ``'auto'``.
+        exporter (str): One of :data:`EXPORTERS`. Defaults to ``'auto'``. With ``dynamic``
+            or the TorchScript exporter, adaptive average pooling is exported as its exact
+            averaging matrices (:func:`dynamic_rewrites`).
 
     Returns:
         str: The exporter used, ``'dynamo'`` or ``'torchscript'``.
@@ -207,7 +209,10 @@ def export(module: nn.Module, images: Tensor, path: str, output_names: Sequence[
     """
     exporter = resolve_exporter(exporter)
     require('onnx', 'ONNX export', 'onnx')
-    rewrites = dynamic_rewrites(module) if dynamic else contextlib.nullcontext()
+    # The TorchScript exporter refuses adaptive pooling to a size that does not divide the
+    # input's (UperNet's bins 3 and 6 of most maps) even at a static shape.
+    rewrites = dynamic_rewrites(module) if dynamic or exporter == 'torchscript' else \
+        contextlib.nullcontext()
     with torch.no_grad(), ops.use_backend('auto'), rewrites:
         if exporter == 'dynamo':
             dims = None

@@ -81,14 +81,19 @@ def _check_report(report, part, paths, shapes):
     assert [tuple(r['shape']) for r in report['images']] == shapes
     for image in report['images']:
         assert 0 < image['margin'] < 1
+        labels = image['shape'][0] * (1 if part == 'classifier' else
+                                      image['shape'][2] * image['shape'][3])
         for pair, figures in image['pairs'].items():
             assert 0 <= figures['labels'] <= 1 and 0 <= figures['codes'] <= 1
+            assert figures['labels_total'] == labels
+            assert figures['labels_differing'] == round((1 - figures['labels']) * labels)
             if figures['codes'] == 0:  # the same partitions: rounding only, the same labels
                 assert figures['max_abs_diff'] <= ATOL and figures['labels'] == 1, (pair, image)
     for pair, figures in summary['pairs'].items():
         per_image = [r['pairs'][pair] for r in report['images']]
         assert figures['max_abs_diff'] == max(p['max_abs_diff'] for p in per_image)
         assert figures['labels_agree'] == sum(p['labels'] == 1 for p in per_image)
+        assert figures['labels_differing'] == sum(p['labels_differing'] for p in per_image)
         assert figures['images_with_code_disagreement'] == sum(p['codes'] > 0 for p in per_image)
     assert summary['smallest_margin'] == min(r['margin'] for r in report['images'])
     assert report['environment']['packages']['onnxruntime']
@@ -127,7 +132,7 @@ def test_segmentor_agreement_report_exports_once_per_size(tmp_path, capsys):
     _check_report(report, 'segmentor', paths, shapes)
     assert sorted(osp.basename(p) for p in report['onnx_files']) == [
         'segmentor_1x3x64x64_with_codes.onnx', 'segmentor_1x3x96x128_with_codes.onnx']
-    assert 'pixel labels equal (mean / min)' in capsys.readouterr().out
+    assert '| every pixel label equal; pixels with another label |' in capsys.readouterr().out
 
 
 def test_inputs_are_the_configs_test_pipeline(tmp_path):
@@ -144,6 +149,10 @@ def test_inputs_are_the_configs_test_pipeline(tmp_path):
     seg = _tiny(tmp_path, 'segmentor')
     ((_, images), ) = agreement.preprocess(targets.build_target(seg), seg, [path])
     assert images.shape == (1, 3, 64, 48)
+    # --resize: one size for every image, first in the pipeline.
+    ((_, images), ) = agreement.preprocess(targets.build_target(seg), seg, [path],
+                                           resize=(96, 128))
+    assert images.shape == (1, 3, 96, 128)
 
 
 def test_bad_requests_name_what_is_accepted(tmp_path, capsys):

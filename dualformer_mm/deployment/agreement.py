@@ -67,7 +67,8 @@ def find_images(folder: str) -> List[str]:
 
 
 def preprocess(target: ExportTarget, config: str, paths: Sequence[str],
-               cfg_options: Optional[Dict] = None) -> Iterator[Tuple[str, Tensor]]:
+               cfg_options: Optional[Dict] = None,
+               resize: Optional[Tuple[int, int]] = None) -> Iterator[Tuple[str, Tensor]]:
     """The model inputs of ``paths`` as the config's test pipeline and data preprocessor
     make them (annotations are not loaded).
 
@@ -76,6 +77,8 @@ def preprocess(target: ExportTarget, config: str, paths: Sequence[str],
         config (str): Its config.
         paths (Sequence[str]): Image files.
         cfg_options (dict, optional): The config overrides ``target`` was built with.
+        resize (tuple[int, int], optional): (H, W) every image is resized to (bilinear,
+            mmcv's ``Resize``) after loading, before the pipeline's other transforms.
 
     Yields:
         tuple[str, Tensor]: Each path with its normalised (1, 3, H, W) image.
@@ -85,6 +88,11 @@ def preprocess(target: ExportTarget, config: str, paths: Sequence[str],
     cfg = load_config(config, cfg_options)
     pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
     pipeline = [t for t in pipeline if not str(t['type']).startswith('LoadAnnotations')]
+    if resize is not None:
+        load = next((i for i, t in enumerate(pipeline)
+                     if str(t['type']).startswith('LoadImage')), -1)
+        pipeline.insert(load + 1, dict(type='Resize', scale=(resize[1], resize[0]),
+                                       keep_ratio=False))
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         if DefaultScope.get_current_instance() is None:
             DefaultScope.get_instance(f'agreement-{cfg.default_scope}',
@@ -107,11 +115,15 @@ class PairAgreement:
         max_abs_diff (float): The largest absolute difference of the outputs.
         codes (float): Fraction of tokens (over every MHPA, head and image) whose partition
             code differs.
+        labels_differing (int): Labels (top-1, or pixels) that differ.
+        labels_total (int): Labels compared.
     """
 
     labels: float
     max_abs_diff: float
     codes: float
+    labels_differing: int = 0
+    labels_total: int = 1
 
 
 @dataclass
@@ -142,8 +154,9 @@ def _pair_agreement(a: Tuple[List[np.ndarray], Dict[str, np.ndarray]],
                              f'{sorted(codes_b)}')
     differing = sum(int((codes_a[k] != codes_b[k]).sum()) for k in codes_a)
     total = sum(v.size for v in codes_a.values())
-    return PairAgreement(float((labels_a == labels_b).mean()), diff,
-                         differing / total if total else 0.0)
+    same = labels_a == labels_b
+    return PairAgreement(float(same.mean()), diff, differing / total if total else 0.0,
+                         int(same.size - same.sum()), int(same.size))
 
 
 class Comparison:
@@ -236,7 +249,8 @@ def summarize(results: Sequence[ImageAgreement], part: str) -> Dict:
     Returns:
         dict: ``images``, ``near_ties`` (images with a margin under :data:`TIE_MARGIN`),
         ``smallest_margin`` and, in ``pairs``, for each pair: ``labels_agree`` (images whose
-        labels all agree), ``mean_label_agreement``, ``min_label_agreement``,
+        labels all agree), ``labels_differing`` and ``labels_total`` (labels, top-1 or pixels,
+        that differ, of all), ``mean_label_agreement``, ``min_label_agreement``,
         ``max_abs_diff``, ``median_max_abs_diff``, ``images_with_code_disagreement``,
         ``mean_code_disagreement`` and ``max_code_disagreement``.
 
@@ -261,8 +275,11 @@ def summarize(results: Sequence[ImageAgreement], part: str) -> Dict:
         diffs = [p.max_abs_diff for p in rows]
         codes = [p.codes for p in rows]
         summary['pairs'][pair] = dict(
-            labels_agree=sum(v == 1.0 for v in labels), mean_label_agreement=float(np.mean(labels)),
-            min_label_agreement=min(labels), max_abs_diff=max(diffs),
+            labels_agree=sum(v == 1.0 for v in labels),
+            labels_differing=sum(p.labels_differing for p in rows),
+            labels_total=sum(p.labels_total for p in rows),
+            mean_label_agreement=float(np.mean(labels)), min_label_agreement=min(labels),
+            max_abs_diff=max(diffs),
             median_max_abs_diff=float(np.median(diffs)),
             images_with_code_disagreement=sum(c > 0 for c in codes),
             mean_code_disagreement=float(np.mean(codes)), max_code_disagreement=max(codes))
@@ -274,8 +291,8 @@ def table(summary: Dict) -> str:
 
     Example:
         >>> print(table(dict(part='classifier', images=2, near_ties=0, smallest_margin=1e-4,
-        ...     pairs={'ext/onnxruntime': dict(labels_agree=2, mean_label_agreement=1.0,
-        ...         min_label_agreement=1.0, max_abs_diff=3e-7, median_max_abs_diff=1e-7,
+        ...     pairs={'ext/onnxruntime': dict(labels_agree=2, labels_differing=0,
+        ...         labels_total=2, max_abs_diff=3e-7, median_max_abs_diff=1e-7,
         ...         images_with_code_disagreement=0, mean_code_disagreement=0.0,
         ...         max_code_disagreement=0.0)})))  # doctest: +NORMALIZE_WHITESPACE
         | runtimes | top-1 agrees | max abs diff (median) | images with code disagreement |
@@ -287,13 +304,13 @@ def table(summary: Dict) -> str:
     """
     n = summary['images']
     label = 'top-1 agrees' if summary['part'] == 'classifier' else \
-        'images with every pixel label equal; pixel labels equal (mean / min)'
+        'every pixel label equal; pixels with another label'
     rows = [f'| runtimes | {label} | max abs diff (median) | images with code disagreement | '
             'tokens with another code (mean / max) |', '|---|---|---|---|---|']
     for pair, s in summary['pairs'].items():
         agree = f"{s['labels_agree']} of {n}"
         if summary['part'] != 'classifier':
-            agree += f"; {s['mean_label_agreement']:.4%} / {s['min_label_agreement']:.4%}"
+            agree += f"; {s['labels_differing']} of {s['labels_total']}"
         rows.append(f"| {pair.replace('/', ' / ')} | {agree} | {s['max_abs_diff']:.2g} "
                     f"({s['median_max_abs_diff']:.2g}) | {s['images_with_code_disagreement']} "
                     f"of {n} | {s['mean_code_disagreement']:.3g} / "
@@ -331,7 +348,8 @@ def environment() -> Dict:
 
 def measure(target: ExportTarget, config: str, paths: Sequence[str], work_dir: str,
             runtimes: Sequence[str] = RUNTIMES, exporter: str = 'auto',
-            cfg_options: Optional[Dict] = None, progress=None) -> Dict:
+            cfg_options: Optional[Dict] = None, resize: Optional[Tuple[int, int]] = None,
+            progress=None) -> Dict:
     """Compare the runtimes on every image of ``paths``; the report as a dict.
 
     Args:
@@ -342,6 +360,8 @@ def measure(target: ExportTarget, config: str, paths: Sequence[str], work_dir: s
         runtimes (Sequence[str]): At least two of :data:`RUNTIMES`. Defaults to all.
         exporter (str): The ONNX exporter. Defaults to ``'auto'``.
         cfg_options (dict, optional): Config overrides ``target`` was built with.
+        resize (tuple[int, int], optional): (H, W) to resize every image to
+            (:func:`preprocess`).
         progress (Callable[[int, ImageAgreement], None], optional): Called after each image.
 
     Returns:
@@ -355,7 +375,7 @@ def measure(target: ExportTarget, config: str, paths: Sequence[str], work_dir: s
     """
     comparison = Comparison(target, work_dir, runtimes, exporter)
     results = []
-    for i, (path, images) in enumerate(preprocess(target, config, paths, cfg_options)):
+    for i, (path, images) in enumerate(preprocess(target, config, paths, cfg_options, resize)):
         results.append(comparison(images, path))
         if progress is not None:
             progress(i, results[-1])

@@ -301,7 +301,7 @@ def strip_codes(src: str, dst: str) -> int:
         int: How many outputs were removed.
 
     Example:
-        >>> import onnx
+        >>> import onnx, os.path, tempfile
         >>> from onnx import TensorProto, helper
         >>> x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [2])
         >>> y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [2])
@@ -309,10 +309,11 @@ def strip_codes(src: str, dst: str) -> int:
         >>> graph = helper.make_graph(
         ...     [helper.make_node('Relu', ['x'], ['y']), helper.make_node('Cast', ['x'],
         ...      ['codes.a'], to=TensorProto.INT64)], 'g', [x], [y, c])
-        >>> onnx.save(helper.make_model(graph), '/tmp/strip_example.onnx')
-        >>> strip_codes('/tmp/strip_example.onnx', '/tmp/strip_example.onnx')
+        >>> path = os.path.join(tempfile.mkdtemp(), 'graph.onnx')
+        >>> onnx.save(helper.make_model(graph), path)
+        >>> strip_codes(path, path)
         1
-        >>> [n.op_type for n in onnx.load('/tmp/strip_example.onnx').graph.node]
+        >>> [n.op_type for n in onnx.load(path).graph.node]
         ['Relu']
     """
     import onnx

@@ -5,15 +5,15 @@
 A token within float32 rounding of an LSH hyperplane can land in another partition in
 another runtime, and the outputs then differ by more than rounding. This tool exports the
 classifier or segmentor (UperNet's whole inference) of CONFIG with CHECKPOINT to ONNX and runs
-every image under --images (the config's test pipeline and data preprocessor make the inputs)
-in PyTorch with the fused op kernels (``ext``), in PyTorch with the reference ops
-(``reference``) and in ONNX Runtime, each computing its own partitions, as users run them.
-Printed per pair of runtimes: images whose top-1 class (classifier) or every pixel label
-(segmentor) agrees, the pixel-label agreement, the largest absolute difference of the
-outputs, and the images and fraction of tokens whose partition code differs; with the
-smallest hyperplane margin (the |cos| of a token to a plane) and the images with a near tie.
---out writes every image's figures, the summary and the environment as JSON. See
-docs/deployment.md ("Partition ties").
+every image under --images (the config's test pipeline and data preprocessor make the inputs;
+--resize first brings every image to one size) in PyTorch with the fused op kernels
+(``ext``), in PyTorch with the reference ops (``reference``) and in ONNX Runtime, each
+computing its own partitions, as users run them. Printed per pair of runtimes: the images
+whose top-1 class (classifier) or every pixel label (segmentor) agrees, the pixels with
+another label, the largest absolute difference of the outputs, and the images and fraction of
+tokens whose partition code differs; with the smallest hyperplane margin (the |cos| of a token
+to a plane) and the images with a near tie. --out writes every image's figures, the summary
+and the environment as JSON. See docs/deployment.md ("Partition ties").
 
 Example:
     python tools/deployment/partition_agreement.py configs/demo/seg_dualformer_t_demo.py \\
@@ -42,6 +42,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='a folder of images (searched at every depth)')
     parser.add_argument('--out', help='write the report as JSON here')
     parser.add_argument('--limit', type=int, help='the first N images only')
+    parser.add_argument('--resize', type=int, nargs=2, metavar=('H', 'W'),
+                        help='resize every image to H x W after loading (before the '
+                        "config's test transforms)")
     parser.add_argument('--runtimes', nargs='+', default=list(RUNTIMES), choices=RUNTIMES,
                         help='at least two (default: all three)')
     parser.add_argument('--exporter', default='auto', choices=EXPORTERS,
@@ -53,6 +56,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f'--limit must be positive, got {args.limit}')
+    if args.resize is not None and min(args.resize) < 1:
+        parser.error(f'--resize must be positive, got {args.resize}')
     return args
 
 
@@ -77,8 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix='partition_agreement_') as tmp:
             report = measure(target, args.config, paths, args.work_dir or tmp, args.runtimes,
-                             args.exporter, args.cfg_options, progress)
-        report.update(config=args.config, checkpoint=args.checkpoint, images_dir=args.images)
+                             args.exporter, args.cfg_options, args.resize, progress)
+        report.update(config=args.config, checkpoint=args.checkpoint, images_dir=args.images,
+                      resize=args.resize)
         print(table(report['summary']))
         if args.out:
             with open(args.out, 'w') as f:

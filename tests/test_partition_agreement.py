@@ -111,6 +111,7 @@ def test_classifier_agreement_report(tmp_path, capsys):
         report = json.load(f)
     _check_report(report, 'classifier', paths, [(1, 3, 64, 64)] * 3)
     assert report['checkpoint'] == checkpoint and len(report['onnx_files']) == 1
+    assert report['sources'] == [str(tmp_path / 'images')]
     printed = capsys.readouterr().out
     assert '| runtimes | top-1 agrees |' in printed and f'loaded {checkpoint}' in printed
     assert '3 images, hyperplane margin >=' in printed
@@ -158,11 +159,18 @@ def test_inputs_are_the_configs_test_pipeline(tmp_path):
 def test_bad_requests_name_what_is_accepted(tmp_path, capsys):
     config = _tiny(tmp_path, 'classifier')
     assert tool.main([config, 'x.pth', '--images', str(tmp_path / 'none')]) == 2
-    assert 'not a directory' in capsys.readouterr().err
+    assert 'neither a folder nor an image file' in capsys.readouterr().err
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'empty' / 'notes.txt').write_text('no image')
     assert tool.main([config, 'x.pth', '--images', str(tmp_path / 'empty')]) == 2
     assert 'no image files' in capsys.readouterr().err
+    # Folders and files, in order; a file that does not load is named.
+    (tmp_path / 'empty' / 'broken.png').write_text('not a PNG')
+    paths = _images(tmp_path / 'images', [(64, 64)] * 2)
+    assert agreement.find_images([paths[1], str(tmp_path / 'images')]) == [paths[1]] + paths
+    target = targets.build_target(config)
+    with pytest.raises(DeploymentError, match='broken.png: failed to load image'):
+        list(agreement.preprocess(target, config, [str(tmp_path / 'empty' / 'broken.png')]))
     backbone = targets.build_target(config, part='backbone')
     with pytest.raises(DeploymentError, match='takes a classifier or segmentor'):
         agreement.Comparison(backbone, str(tmp_path))

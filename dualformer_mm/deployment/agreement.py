@@ -20,7 +20,7 @@ import os.path as osp
 import platform
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,28 +41,37 @@ PACKAGES = ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'mmcv', 'mmengine', 'm
             'mmsegmentation', 'numpy')
 
 
-def find_images(folder: str) -> List[str]:
-    """The image files under ``folder`` (every depth), sorted.
+def find_images(sources: Union[str, Sequence[str]]) -> List[str]:
+    """The image files of ``sources``: folders (searched at every depth, sorted) and files.
 
     Args:
-        folder (str): A directory.
+        sources (str | Sequence[str]): Folders and image files, in order.
 
     Returns:
         list[str]: Paths of the files whose suffix is one of :data:`IMAGE_SUFFIXES`.
 
     Raises:
-        DeploymentError: ``folder`` is no directory or holds no image.
+        DeploymentError: A source that does not exist, a file that is no image, or no image
+            at all.
 
     Example:
         >>> find_images('data/demo/ade/images/validation')[:1]  # doctest: +SKIP
         ['data/demo/ade/images/validation/validation_00000.jpg']
     """
-    if not osp.isdir(folder):
-        raise DeploymentError(f'--images {folder}: not a directory')
-    paths = sorted(osp.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_SUFFIXES))
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    paths: List[str] = []
+    for source in sources:
+        if osp.isdir(source):
+            paths += sorted(osp.join(root, name) for root, _, names in os.walk(source)
+                            for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+        elif osp.isfile(source) and source.lower().endswith(IMAGE_SUFFIXES):
+            paths.append(source)
+        else:
+            raise DeploymentError(f'--images {source}: neither a folder nor an image file '
+                                  f'({", ".join(IMAGE_SUFFIXES)})')
     if not paths:
-        raise DeploymentError(f'--images {folder}: no image files ({", ".join(IMAGE_SUFFIXES)})')
+        raise DeploymentError(f'--images {" ".join(sources)}: no image files '
+                              f'({", ".join(IMAGE_SUFFIXES)})')
     return paths
 
 
@@ -99,7 +108,10 @@ def preprocess(target: ExportTarget, config: str, paths: Sequence[str],
                                       scope_name=cfg.default_scope)
         transform = Compose(pipeline)
         for path in paths:
-            packed = transform(dict(img_path=path))
+            try:
+                packed = transform(dict(img_path=path))
+            except AssertionError as err:  # mmcv's LoadImageFromFile on an unreadable file
+                raise DeploymentError(f'{path}: {err}') from None
             batch = target.model.data_preprocessor(
                 dict(inputs=[packed['inputs']], data_samples=[packed['data_samples']]), False)
             yield path, batch['inputs'].float()

@@ -5,9 +5,9 @@
 A token within float32 rounding of an LSH hyperplane can land in another partition in
 another runtime, and the outputs then differ by more than rounding. This tool exports the
 classifier or segmentor (UperNet's whole inference) of CONFIG with CHECKPOINT to ONNX and runs
-every image under --images (the config's test pipeline and data preprocessor make the inputs;
---resize first brings every image to one size) in PyTorch with the fused op kernels
-(``ext``), in PyTorch with the reference ops (``reference``) and in ONNX Runtime, each
+every image of --images (folders and files; the config's test pipeline and data preprocessor
+make the inputs, --resize first brings every image to one size) in PyTorch with the fused op
+kernels (``ext``), in PyTorch with the reference ops (``reference``) and in ONNX Runtime, each
 computing its own partitions, as users run them. Printed per pair of runtimes: the images
 whose top-1 class (classifier) or every pixel label (segmentor) agrees, the pixels with
 another label, the largest absolute difference of the outputs, and the images and fraction of
@@ -38,8 +38,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         'on a DualFormer classifier or segmentor, each runtime with its own LSH partitions.')
     parser.add_argument('config', help='an mmpretrain or mmseg config')
     parser.add_argument('checkpoint', help='its trained weights')
-    parser.add_argument('--images', required=True,
-                        help='a folder of images (searched at every depth)')
+    parser.add_argument('--images', required=True, nargs='+', metavar='PATH',
+                        help='folders of images (searched at every depth) and image files')
     parser.add_argument('--out', help='write the report as JSON here')
     parser.add_argument('--limit', type=int, help='the first N images only')
     parser.add_argument('--resize', type=int, nargs=2, metavar=('H', 'W'),
@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             target = build_target(args.config, args.checkpoint, cfg_options=args.cfg_options)
         except (ValueError, ImportError) as err:
             raise DeploymentError(str(err)) from None
-        print(f'{target.description} of {args.config}; {len(paths)} images under {args.images}')
+        print(f'{target.description} of {args.config}; {len(paths)} images')
         for note in target.notes or []:
             print(f'  {note}')
 
@@ -83,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with tempfile.TemporaryDirectory(prefix='partition_agreement_') as tmp:
             report = measure(target, args.config, paths, args.work_dir or tmp, args.runtimes,
                              args.exporter, args.cfg_options, args.resize, progress)
-        report.update(config=args.config, checkpoint=args.checkpoint, images_dir=args.images,
+        report.update(config=args.config, checkpoint=args.checkpoint, sources=args.images,
                       resize=args.resize)
         print(table(report['summary']))
         if args.out:

@@ -6,7 +6,8 @@ What ``tools/deployment/pytorch2onnx.py`` and ``tools/deployment/benchmark_onnx.
 * :mod:`.targets`: the module to export for each part of a model (backbone, classifier,
   segmentor, detector backbone + FPN) beside the toolbox computation it must reproduce.
 * :mod:`.onnx_export`: the export with the exporter this torch has, and the check in ONNX
-  Runtime.
+  Runtime with the partitions ONNX Runtime chose.
+* :mod:`.partitions`: the partitions MHPA chose in a run, recorded, compared or imposed.
 * :mod:`.tensorrt`: the rewrite of ScatterND with a reduction into the ScatterElements that
   TensorRT's ONNX parser takes (imports ``onnx``; import it as
   ``dualformer_mm.deployment.tensorrt``).
@@ -24,15 +25,17 @@ Example:
     >>> check_sizes((512, 512), dynamic=True, divisor=32)
     [(512, 512), (64, 96)]
 """
-from .onnx_export import (DYNAMIC_MULTIPLE, EXPORTERS, OPSET, TIE_MARGIN, CheckResult,
-                          DeploymentError, check, check_sizes, dynamic_rewrites, export,
-                          op_types, resolve_exporter, session, tie_free_images)
-from .targets import (DETECTOR_HEADS_NOTE, PARTS, ExportTarget, build_target,
-                      partition_statistics)
+from .onnx_export import (DYNAMIC_MULTIPLE, EXPORTERS, OPSET, CheckResult, DeploymentError, check,
+                          check_sizes, dynamic_rewrites, export, export_checked, op_types,
+                          resolve_exporter, session, strip_codes)
+from .partitions import (CODES_PREFIX, TIE_MARGIN, CodesOutputs, PartitionRecord,
+                         partition_attentions, partition_statistics, watch_partitions)
+from .targets import DETECTOR_HEADS_NOTE, PARTS, ExportTarget, build_target
 
 __all__ = [
-    'CheckResult', 'DETECTOR_HEADS_NOTE', 'DYNAMIC_MULTIPLE', 'DeploymentError', 'EXPORTERS',
-    'ExportTarget', 'OPSET', 'PARTS', 'TIE_MARGIN', 'build_target', 'check', 'check_sizes',
-    'dynamic_rewrites', 'export', 'op_types', 'partition_statistics',
-    'resolve_exporter', 'session', 'tie_free_images'
+    'CODES_PREFIX', 'CheckResult', 'CodesOutputs', 'DETECTOR_HEADS_NOTE', 'DYNAMIC_MULTIPLE',
+    'DeploymentError', 'EXPORTERS', 'ExportTarget', 'OPSET', 'PARTS', 'PartitionRecord',
+    'TIE_MARGIN', 'build_target', 'check', 'check_sizes', 'dynamic_rewrites', 'export',
+    'export_checked', 'op_types', 'partition_attentions', 'partition_statistics',
+    'resolve_exporter', 'session', 'strip_codes', 'watch_partitions'
 ]

@@ -5,15 +5,19 @@
   exporter (``dynamo=True``, onnxscript); torch 2.1-2.4 the TorchScript exporter. Both write
   opset :data:`OPSET` and one self-contained file. During export the partition ops take their
   reference decomposition into native ops (``dualformer_mm/ops/_backend.py``).
-* :func:`check`: runs the file in ONNX Runtime and the toolbox's own computation in PyTorch on
-  the same images and returns the largest absolute difference, with the tokens and partitions
+* :func:`export_checked` and :func:`strip_codes`: the graph to check, with the partition codes
+  of every LSH MHPA as extra outputs, and the deployed file, the same graph without them.
+* :func:`check`: runs the checked graph in ONNX Runtime and the toolbox's own computation in
+  PyTorch made to use the partitions ONNX Runtime chose, and returns the largest absolute
+  difference of the outputs (the export's fidelity), the tokens whose own PyTorch code
+  differs from ONNX Runtime's and how near a plane they lay, and the tokens and partitions
   the MHPAs saw (so a report shows which regime was checked).
 * :func:`op_types`: the ONNX operators of a file, by count.
 """
 import collections
 import contextlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import compat, ops
-from .targets import ExportTarget, partition_statistics
+from .partitions import CODES_PREFIX, TIE_MARGIN, CodesOutputs, summarize, watch_partitions
+from .targets import ExportTarget
 
 #: ONNX opset: ScatterElements with ``reduction='max'`` (the partition max of the softmax
 #: pooling) needs 18.
@@ -33,13 +38,6 @@ DYNAMIC_MULTIPLE = 32
 MAX_SIDE = 8192
 MAX_BATCH = 1024
 INPUT_NAME = 'images'
-#: A hyperplane margin (``CheckResult.margin``) under this is a near tie: float32 rounding,
-#: which differs between ONNX Runtime and PyTorch, can move a token across the plane. Between
-#: PyTorch's two op backends on DualFormer-B the |cos| of a token to a plane moved by up to
-#: 1.7e-6 over 3.75e5 projections (docs/deployment.md); this is three times that.
-TIE_MARGIN = 5e-6
-#: How many seeded images :func:`tie_free_images` draws at most.
-TIE_FREE_DRAWS = 16
 
 
 class _AdaptiveAvgPool2d(nn.Module):
@@ -193,16 +191,28 @@ def export(module: nn.Module, images: Tensor, path: str, output_names: Sequence[
         module (nn.Module): In eval mode; takes images, returns a tuple of tensors.
         images (Tensor): Example input (N, C, H, W).
         path (str): Output file.
-        output_names (Sequence[str]): Names of the outputs.
+        output_names (Sequence[str]): Names of the outputs. Those that start with
+            :data:`~dualformer_mm.deployment.partitions.CODES_PREFIX` are partition codes
+            (B, heads, tokens): with ``dynamic``, their batch and tokens are symbolic.
         dynamic (bool): Batch, height and width symbolic. Defaults to False.
-        exporter (str): One of :data:`EXPORTERS`. Defaults to ``'auto'``.
+        exporter (str): One of :data:`EXPORTERS`. Defaults to ``'auto'``. With ``dynamic``
+            or the TorchScript exporter, adaptive average pooling is exported as its exact
+            averaging matrices (:func:`dynamic_rewrites`).
 
     Returns:
         str: The exporter used, ``'dynamo'`` or ``'torchscript'``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+        >>> export(net, torch.rand(1, 3, 8, 8), '/tmp/conv.onnx', ['y'])  # doctest: +SKIP
+        'dynamo'
     """
     exporter = resolve_exporter(exporter)
     require('onnx', 'ONNX export', 'onnx')
-    rewrites = dynamic_rewrites(module) if dynamic else contextlib.nullcontext()
+    # The TorchScript exporter refuses adaptive pooling to a size that does not divide the
+    # input's (UperNet's bins 3 and 6 of most maps) even at a static shape.
+    rewrites = dynamic_rewrites(module) if dynamic or exporter == 'torchscript' else \
+        contextlib.nullcontext()
     with torch.no_grad(), ops.use_backend('auto'), rewrites:
         if exporter == 'dynamo':
             dims = None
@@ -223,7 +233,9 @@ def export(module: nn.Module, images: Tensor, path: str, output_names: Sequence[
             axes = None
             if dynamic:
                 axes = {INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'}}
-                axes.update({name: {0: 'batch'} for name in output_names})
+                axes.update({name: {0: 'batch', 2: f'{name}_tokens'}
+                             if name.startswith(CODES_PREFIX) else {0: 'batch'}
+                             for name in output_names})
             with _torchscript_symbolics():
                 torch.onnx.export(module, (images, ), path, opset_version=OPSET,
                                   input_names=[INPUT_NAME], output_names=list(output_names),
@@ -232,8 +244,108 @@ def export(module: nn.Module, images: Tensor, path: str, output_names: Sequence[
     return exporter
 
 
+def export_checked(target: ExportTarget, images: Tensor, path: str, dynamic: bool = False,
+                   exporter: str = 'auto') -> Tuple[str, List[str]]:
+    """Export ``target`` with the partition codes of every LSH MHPA as extra outputs.
+
+    The graph :func:`check` takes: ONNX Runtime returns the codes its partition ops used
+    beside the outputs, and PyTorch is then made to use the same ones. :func:`strip_codes`
+    writes the deployed file from it.
+
+    Args:
+        target (ExportTarget): What to export.
+        images (Tensor): Example input (N, C, H, W).
+        path (str): Output file.
+        dynamic (bool): Batch, height and width symbolic. Defaults to False.
+        exporter (str): One of :data:`EXPORTERS`. Defaults to ``'auto'``.
+
+    Returns:
+        tuple[str, list[str]]: The exporter used, and the names of the codes outputs (after
+        ``target.output_names``; :data:`~dualformer_mm.deployment.partitions.CODES_PREFIX`
+        and the MHPA's module name in the backbone).
+
+    Example:
+        >>> from dualformer_mm.deployment import build_target
+        >>> target = build_target('configs/mmpretrain/dualformer_t_in1k.py')  # doctest: +SKIP
+        >>> export_checked(target, torch.randn(1, 3, 64, 64), 'checked.onnx')  # doctest: +SKIP
+        ('dynamo', ['codes.stages.0.blocks.0.attn', ..., 'codes.stages.3.blocks.1.attn'])
+    """
+    wrapped = CodesOutputs(target.module, target.backbone).eval()
+    with torch.no_grad():
+        wrapped(images)  # the names of the codes, in the order the MHPAs run
+    names = list(target.output_names) + wrapped.code_names
+    return export(wrapped, images, path, names, dynamic, exporter), wrapped.code_names
+
+
+def _subgraph_inputs(node) -> Iterator[str]:
+    """Names the subgraphs of ``node`` (If, Loop, Scan bodies) read, outer ones included."""
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.HasField('g') else []) + list(attr.graphs):
+            for inner in graph.node:
+                yield from inner.input
+                yield from _subgraph_inputs(inner)
+
+
+def strip_codes(src: str, dst: str) -> int:
+    """Write ``src`` without its partition-code outputs to ``dst``: the deployed file.
+
+    Only the outputs named :data:`~dualformer_mm.deployment.partitions.CODES_PREFIX` ... go,
+    with the nodes and initializers nothing else needs: every other node is the checked
+    graph's. ``src`` and ``dst`` may be the same file.
+
+    Args:
+        src (str): A file of :func:`export_checked`.
+        dst (str): The file to write.
+
+    Returns:
+        int: How many outputs were removed.
+
+    Example:
+        >>> import onnx, os.path, tempfile
+        >>> from onnx import TensorProto, helper
+        >>> x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [2])
+        >>> y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [2])
+        >>> c = helper.make_tensor_value_info('codes.a', TensorProto.INT64, [2])
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node('Relu', ['x'], ['y']), helper.make_node('Cast', ['x'],
+        ...      ['codes.a'], to=TensorProto.INT64)], 'g', [x], [y, c])
+        >>> path = os.path.join(tempfile.mkdtemp(), 'graph.onnx')
+        >>> onnx.save(helper.make_model(graph), path)
+        >>> strip_codes(path, path)
+        1
+        >>> [n.op_type for n in onnx.load(path).graph.node]
+        ['Relu']
+    """
+    import onnx
+    model = onnx.load(src)
+    graph = model.graph
+    outputs = [o for o in graph.output if not o.name.startswith(CODES_PREFIX)]
+    removed = len(graph.output) - len(outputs)
+    needed = {o.name for o in outputs}
+    kept = []
+    for node in reversed(graph.node):  # the nodes are in topological order
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_inputs(node))
+    initializers = [t for t in graph.initializer if t.name in needed]
+    value_info = [v for v in graph.value_info if v.name in needed]
+    for items, new in ((graph.output, outputs), (graph.node, kept[::-1]),
+                       (graph.initializer, initializers), (graph.value_info, value_info)):
+        del items[:]
+        items.extend(new)
+    onnx.checker.check_model(model)
+    onnx.save(model, dst)
+    return removed
+
+
 def session(path: str, threads: Optional[int] = None):
-    """An ONNX Runtime CPU session of ``path``."""
+    """An ONNX Runtime CPU session of ``path``.
+
+    Args:
+        path (str): An ONNX file.
+        threads (int, optional): Intra-op threads (default: ONNX Runtime's choice).
+    """
     require('onnxruntime', 'checking an export', 'onnxruntime')
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -245,29 +357,95 @@ def session(path: str, threads: Optional[int] = None):
 
 @dataclass
 class CheckResult:
-    """One ONNX Runtime run against PyTorch."""
+    """One ONNX Runtime run against PyTorch (:func:`check`).
+
+    Attributes:
+        shape (tuple): The input's (N, C, H, W).
+        max_abs_diff (float): The largest |onnxruntime - pytorch| over all outputs. With
+            :attr:`imposed` codes, the export's fidelity: both computed the same partitions.
+        max_abs_ref (float): The largest output magnitude, for scale.
+        min_tokens (int, optional): Fewest tokens an MHPA partitioned (None: no MHPA).
+        max_tokens (int, optional): Most tokens an MHPA partitioned.
+        partitions (int, optional): Partitions per head.
+        margin (float, optional): Smallest |cos| of a token to an LSH hyperplane normal in
+            the PyTorch run (None: no LSH); under :data:`TIE_MARGIN` is a near tie.
+        imposed (bool): Whether PyTorch used ONNX Runtime's partition codes (the file has
+            them as outputs, :func:`export_checked`).
+        codes (dict): Per LSH MHPA, ``(differing, total)``: tokens (over batch and heads)
+            whose own PyTorch code differs from ONNX Runtime's, of all it hashed. Empty
+            without :attr:`imposed` codes.
+        differing_cos (float, optional): The largest |cos| to a plane on which the two codes
+            of a token differ (None: none differ).
+
+    Example:
+        >>> result = CheckResult((1, 3, 64, 64), 2e-7, 3.5, 4, 16, 8, 1e-7, True,
+        ...                      {'stages.0.blocks.0.attn': (2, 512)}, 4e-8)
+        >>> result.passed(1e-4), result.near_tie, f'{result.disagreement:.2%}'
+        (True, True, '0.39%')
+        >>> CheckResult((1, 3, 64, 64), 2e-7, 3.5, 4, 16, 8, 1e-2, True,
+        ...             {'stages.0.blocks.0.attn': (2, 512)}, 0.3).passed(1e-4)
+        False
+    """
 
     shape: Tuple[int, int, int, int]
-    max_abs_diff: float  # over all outputs
-    max_abs_ref: float  # the largest output magnitude, for scale
-    min_tokens: Optional[int] = None  # fewest tokens an MHPA partitioned (None: no MHPA)
+    max_abs_diff: float
+    max_abs_ref: float
+    min_tokens: Optional[int] = None
     max_tokens: Optional[int] = None
-    partitions: Optional[int] = None  # partitions per head
-    # Smallest |cos| of a token to an LSH hyperplane normal in the PyTorch run (None: no LSH);
-    # see targets.partition_statistics and TIE_MARGIN.
+    partitions: Optional[int] = None
     margin: Optional[float] = None
+    imposed: bool = False
+    codes: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    differing_cos: Optional[float] = None
+
+    @property
+    def differing(self) -> int:
+        """Tokens whose PyTorch and ONNX Runtime codes differ, over every MHPA."""
+        return sum(d for d, _ in self.codes.values())
+
+    @property
+    def disagreement(self) -> float:
+        """:attr:`differing` as a fraction of every token hashed (0 without codes)."""
+        total = sum(t for _, t in self.codes.values())
+        return self.differing / total if total else 0.0
 
     @property
     def near_tie(self) -> bool:
-        """Whether a token lay within :data:`TIE_MARGIN` of a hyperplane: rounding may have
-        partitioned it differently in ONNX Runtime, and the outputs may differ beyond it."""
+        """Whether a token lay within :data:`TIE_MARGIN` of a hyperplane: rounding may
+        partition it differently in ONNX Runtime and PyTorch."""
         return self.margin is not None and self.margin < TIE_MARGIN
+
+    @property
+    def codes_agree(self) -> bool:
+        """Whether ONNX Runtime's codes are PyTorch's except at near ties (every plane on
+        which they differ within :data:`TIE_MARGIN` of the token): the file hashes as the
+        model does. Without imposed codes there is nothing to compare: False."""
+        return self.imposed and (self.differing_cos is None or self.differing_cos < TIE_MARGIN)
+
+    def passed(self, atol: float) -> bool:
+        """The verdict: with ONNX Runtime's partitions the outputs agree within ``atol``,
+        and those partitions are PyTorch's up to near ties.
+
+        Args:
+            atol (float): The largest accepted :attr:`max_abs_diff`.
+        """
+        return self.codes_agree and self.max_abs_diff <= atol
 
     def describe(self) -> str:
         """One line for the report."""
         n, _, h, w = self.shape
-        text = (f'{n}x{h}x{w}: max |onnxruntime - pytorch| = {self.max_abs_diff:.3g} '
-                f'(outputs up to {self.max_abs_ref:.3g})')
+        text = f'{n}x{h}x{w}: max |onnxruntime - pytorch| = {self.max_abs_diff:.3g}'
+        if self.imposed:
+            text += " with ONNX Runtime's partitions"
+        text += f' (outputs up to {self.max_abs_ref:.3g})'
+        if self.imposed:
+            text += (f'; partition codes differ for {self.differing} of '
+                     f'{sum(t for _, t in self.codes.values())} tokens')
+            if self.differing:
+                text += (f' ({self.disagreement:.3%}, largest |cos| to a plane they differ on '
+                         f'{self.differing_cos:.2g}'
+                         + ('' if self.codes_agree else ': not a near tie, the hash differs')
+                         + ')')
         if self.partitions is None:
             return text
         regime = 'fewer tokens than' if self.min_tokens < self.partitions else \
@@ -280,60 +458,69 @@ class CheckResult:
                 text += ' (a near tie: see docs/deployment.md)'
         return text
 
+    def describe_codes(self) -> List[str]:
+        """One line per MHPA whose codes differ between the runtimes."""
+        return [f'{name}: codes differ for {d} of {t} tokens ({d / t:.3%})'
+                for name, (d, t) in self.codes.items() if d]
+
 
 def check(target: ExportTarget, path: str, images: Tensor, sess=None) -> CheckResult:
     """Run ``path`` in ONNX Runtime and the toolbox's computation on ``images``; compare.
 
+    When the file has partition-code outputs (:func:`export_checked`), PyTorch uses the
+    codes ONNX Runtime computed, so that a token at a near tie, which rounding can put on
+    either side of a plane, is partitioned alike in both: the difference of the outputs is
+    then the export's alone. Each MHPA also hashes its own tokens, and the tokens whose code
+    differs are counted with the largest |cos| to a plane they differ on. Without such
+    outputs (a deployed file) PyTorch partitions by its own codes.
+
     The PyTorch side runs with the default op backend (the fused kernels when built), so the
     check also compares them with the decomposition the export holds.
+
+    Args:
+        target (ExportTarget): What was exported.
+        path (str): The ONNX file.
+        images (Tensor): Normalised images (N, C, H, W).
+        sess (onnxruntime.InferenceSession, optional): A session of ``path``.
+
+    Returns:
+        CheckResult: The comparison.
+
+    Raises:
+        AssertionError: The file's outputs are not the target's (names or shapes).
+
+    Example:
+        >>> result = check(target, 'checked.onnx', torch.randn(1, 3, 64, 64))  # doctest: +SKIP
+        >>> result.passed(1e-3), result.disagreement  # doctest: +SKIP
+        (True, 0.0)
     """
     sess = sess or session(path)
-    with torch.no_grad(), partition_statistics(target.backbone) as stats:
-        want = target.reference(images)
-    got = sess.run(None, {INPUT_NAME: images.numpy()})
-    if len(got) != len(want):
-        raise AssertionError(f'{path} gives {len(got)} outputs, PyTorch {len(want)}')
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(None, {INPUT_NAME: images.numpy()})))
+    outputs = [name for name in names if not name.startswith(CODES_PREFIX)]
+    if outputs != list(target.output_names):
+        raise AssertionError(f'{path} has the outputs {outputs}, the target '
+                             f'{list(target.output_names)}')
+    codes = {name[len(CODES_PREFIX):]: torch.from_numpy(value) for name, value in got.items()
+             if name.startswith(CODES_PREFIX)}
+    try:
+        with torch.no_grad(), watch_partitions(target.backbone, codes or None) as records:
+            want = target.reference(images)
+    except (KeyError, ValueError) as err:
+        raise AssertionError(f'{path}: its partition codes do not fit the model: {err}') \
+            from None
     diff, scale = 0.0, 0.0
-    for name, a, b in zip(target.output_names, got, want):
-        b = b.float().numpy()
+    for name, b in zip(target.output_names, want):
+        a, b = got[name], b.float().numpy()
         if a.shape != b.shape:
             raise AssertionError(f'output {name}: onnxruntime shape {a.shape}, PyTorch {b.shape}')
         diff = max(diff, float(np.abs(a - b).max()))
         scale = max(scale, float(np.abs(b).max()))
-    return CheckResult(tuple(images.shape), diff, scale, **stats)
-
-
-def tie_free_images(target: ExportTarget, shape: Sequence[int], draws: int = TIE_FREE_DRAWS,
-                    seed: int = 0) -> Tuple[Tensor, Optional[float]]:
-    """Seeded normal images of ``shape`` on which no token is near an LSH hyperplane.
-
-    Draws the images of seeds ``seed, seed + 1, ...`` and runs PyTorch on each until one has
-    a hyperplane margin of at least :data:`TIE_MARGIN` (:func:`.targets.partition_statistics`).
-    An image holds one projection per token, head and plane of every MHPA, so the chance that
-    it is tie-free falls with its size: for DualFormer-B (random weights) 7 of 16 seeds at
-    1x3x128x160, 3 of 16 at 2x3x96x128, none of 4 at 2x3x256x256.
-
-    Args:
-        target (ExportTarget): What is exported.
-        shape (Sequence[int]): (N, C, H, W).
-        draws (int): How many images to try. Defaults to :data:`TIE_FREE_DRAWS`.
-        seed (int): The first seed. Defaults to 0.
-
-    Returns:
-        tuple: The first tie-free image, or the one with the widest margin when none of the
-        draws is; and its margin (None for a network without LSH partitions).
-    """
-    best, widest = None, -1.0
-    for i in range(draws):
-        images = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + i))
-        with torch.no_grad(), partition_statistics(target.backbone) as stats:
-            target.reference(images)
-        margin = stats.get('margin')
-        if margin is None or margin >= TIE_MARGIN:
-            return images, margin
-        if margin > widest:
-            best, widest = images, margin
-    return best, widest
+    cos = [r.differing_cos for r in records if r.differing_cos is not None]
+    return CheckResult(tuple(images.shape), diff, scale, **summarize(records),
+                       imposed=bool(codes),
+                       codes={r.name: (r.differing, r.total) for r in records if r.name in codes},
+                       differing_cos=max(cos) if cos else None)
 
 
 def op_types(path: str) -> Dict[str, int]:

@@ -16,21 +16,17 @@ against what mmpretrain, mmseg or mmdet run, not against the wrapper:
 
 Inputs are normalised images (the data preprocessor's mean and std are not in the graph).
 """
-import contextlib
 import importlib.util
 import os.path as osp
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional
 
-import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..models import PartitionAttention
-from ..ops.partition import lsh_projection
 from ..utils import build_model_from_cfg, config_toolbox
 from ..utils.runner import replace_norm_type
 
@@ -62,6 +58,9 @@ class ExportTarget:
         description (str): One line for the report.
         size_divisor (int): Input sides must be multiples of it (1: any size).
         notes (list[str]): What was loaded or left out, for the report.
+        part (str): One of :data:`PARTS`.
+        model (nn.Module, optional): The toolbox model the part comes from (its data
+            preprocessor makes the inputs); None for the ``backbone`` part.
     """
 
     module: nn.Module
@@ -71,6 +70,8 @@ class ExportTarget:
     description: str
     size_divisor: int = 1
     notes: Optional[List[str]] = None
+    part: str = 'backbone'
+    model: Optional[nn.Module] = None
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -216,7 +217,8 @@ def build_target(config: str, checkpoint: Optional[str] = None, part: str = 'aut
     backbone = _find_backbone(model)
     if part == 'classifier':
         return ExportTarget(_Classifier(model), lambda x: [model(x, mode='tensor')],
-                            ['logits'], backbone, 'classifier logits', notes=notes)
+                            ['logits'], backbone, 'classifier logits', notes=notes, part=part,
+                            model=model)
     if part == 'segmentor':
         mode = cfg.model.get('test_cfg', {}).get('mode', 'whole')
         if mode != 'whole':
@@ -230,80 +232,11 @@ def build_target(config: str, checkpoint: Optional[str] = None, part: str = 'aut
 
         return ExportTarget(_WholeSegmentor(model), encode_decode, ['seg_logits'], backbone,
                             "segmentor's whole inference: logits resized to the input",
-                            notes=notes)
+                            notes=notes, part=part, model=model)
     # The detector's data preprocessor pads to a multiple of 32 for the FPN's top-down sums.
     divisor = cfg.model.get('data_preprocessor', {}).get('pad_size_divisor', 32)
     num_outs = cfg.model.neck.get('num_outs', 5)
     return ExportTarget(_DetectorFeatures(model), lambda x: list(model.extract_feat(x)),
                         [f'fpn{i}' for i in range(num_outs)], backbone,
                         f'detector backbone + FPN, {num_outs} maps', size_divisor=divisor,
-                        notes=notes + [DETECTOR_HEADS_NOTE])
-
-
-@contextlib.contextmanager
-def partition_statistics(backbone: nn.Module) -> Iterator[Dict[str, float]]:
-    """Record the tokens, partitions and hyperplane margins of every MHPA of ``backbone``.
-
-    The margin of an LSH partition is the smallest ``|cos|`` between a token and one of its
-    head's hyperplane normals. Where it is about as small as float32 rounding (1e-7 to 1e-6),
-    two correct computations of the same network (PyTorch and ONNX Runtime, or two op
-    backends) can put that token on opposite sides of the plane: it joins another partition,
-    and the later stages and outputs differ by far more than rounding.
-
-    Yields:
-        dict: Filled when the body ends: ``min_tokens`` and ``max_tokens``, the fewest and
-        most tokens an MHPA partitioned, ``partitions``, the most partitions per head, and
-        ``margin``, the smallest margin of all LSH hashes (absent for K-Means partitions);
-        empty for a backbone without MHPA.
-
-    Example:
-        >>> from dualformer_mm import DualFormer
-        >>> net = DualFormer('t').eval()
-        >>> with partition_statistics(net) as stats:
-        ...     _ = net(torch.rand(1, 3, 64, 64))
-        >>> sorted(stats)
-        ['margin', 'max_tokens', 'min_tokens', 'partitions']
-        >>> stats['min_tokens'], stats['max_tokens'], stats['partitions']
-        (4, 16, 8)
-        >>> 0 < stats['margin'] < 1
-        True
-    """
-    seen: List[Tuple[int, int]] = []
-    margins: List[float] = []
-
-    def record(attn: nn.Module, args: Sequence[Tensor]) -> None:
-        height, width = args[0].shape[-2:]
-        k = attn.sr_ratio  # the stride of its downsampling, with padding up
-        seen.append((-(-height // k) * -(-width // k), attn.num_partitions))
-
-    def margin_recorder(attn: nn.Module) -> Callable[[Tensor], Tensor]:
-        codes_of = attn.partition_codes
-
-        def partition_codes(tokens: Tensor) -> Tensor:
-            x, planes = tokens.detach().double(), attn.planes.double()  # (B,H,n,d), (H,d,P)
-            norms = x.norm(dim=-1, keepdim=True) * planes.norm(dim=1)[None, :, None, :]
-            cos = lsh_projection(x, planes).abs() / norms.clamp_min(
-                torch.finfo(torch.float64).tiny)
-            margins.append(float(cos.min()))
-            return codes_of(tokens)
-
-        return partition_codes
-
-    attns = [m for m in backbone.modules() if isinstance(m, PartitionAttention)]
-    handles = [m.register_forward_pre_hook(record) for m in attns]
-    hashed = [m for m in attns if m.cfg.partition == 'lsh']
-    for attn in hashed:  # an instance attribute, in front of the method, for the body only
-        attn.partition_codes = margin_recorder(attn)
-    stats: Dict[str, float] = {}
-    try:
-        yield stats
-    finally:
-        for handle in handles:
-            handle.remove()
-        for attn in hashed:
-            del attn.partition_codes
-    if seen:  # a peer such as Swin-T has no MHPA
-        stats.update(min_tokens=min(t for t, _ in seen), max_tokens=max(t for t, _ in seen),
-                     partitions=max(k for _, k in seen))
-    if margins:
-        stats.update(margin=min(margins))
+                        notes=notes + [DETECTOR_HEADS_NOTE], part=part, model=model)

@@ -12,14 +12,18 @@ Parts (``--part``; the default is the config's task):
 * ``backbone`` (any config): DualFormer's four maps, strides 4 to 32.
 
 The input is a batch of normalised images named ``images`` (the config's data preprocessor
-mean and std are applied before). After export the file runs in ONNX Runtime beside the
-toolbox's own PyTorch computation on the same seeded random images, chosen among up to
-four draws so that no token lies near an LSH hyperplane (where rounding alone can change a
-partition); the largest absolute difference is printed for every size checked, with the
-tokens, partitions and hyperplane margin the MHPAs saw, and the tool exits with status 1 when
-it exceeds ``--atol``. ``--dynamic`` makes batch, height and width symbolic (sides multiples
-of 32) and adds a second size to the check; ``--scatter-elements`` rewrites the partition
-sums into the form TensorRT's ONNX parser takes. Opset, operators and TensorRT notes:
+mean and std are applied before). The graph is first exported with the partition codes of
+every MHPA as extra outputs; the file written is that graph without them. The check runs it in
+ONNX Runtime on seeded random images and the toolbox's own PyTorch computation with exactly the
+partitions ONNX Runtime chose, so that a token within rounding of an LSH hyperplane, which the
+two runtimes may put on different sides, cannot make a correct export fail. It prints, for
+every size checked, the largest absolute difference of the outputs, the tokens whose own
+PyTorch code differs from ONNX Runtime's (per MHPA and in total) with how near a plane they
+lay, and the tokens, partitions and hyperplane margin the MHPAs saw. It exits with status 1
+when the difference exceeds ``--atol``, or when a code differs on a plane no token was near
+(a wrong hash). ``--dynamic`` makes batch, height and width symbolic (sides multiples of 32)
+and adds a second size to the check; ``--scatter-elements`` rewrites the partition sums into
+the form TensorRT's ONNX parser takes. Opset, operators and TensorRT notes:
 docs/deployment.md.
 
 Examples:
@@ -34,6 +38,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+import tempfile
 import time
 from typing import List, Optional
 
@@ -42,12 +47,9 @@ from mmengine.config import DictAction
 
 from dualformer_mm.deployment import (DETECTOR_HEADS_NOTE, DYNAMIC_MULTIPLE, EXPORTERS, OPSET,
                                       PARTS, DeploymentError, build_target, check, check_sizes,
-                                      export, op_types, session, tie_free_images)
+                                      export_checked, op_types, session, strip_codes)
 
 DEFAULT_ATOL = 1e-3
-#: Seeded images tried per checked size for one without near ties (a large image may
-#: have none: its check then says so).
-CHECK_DRAWS = 4
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -104,6 +106,27 @@ def _check_shapes(args: argparse.Namespace, divisor: int) -> None:
                     'exported graph holds for one case only); pad the images to it')
 
 
+def _check(args: argparse.Namespace, target, checked: str) -> bool:
+    """Check ``checked`` at every size; print the report; whether every size passed."""
+    sess = session(checked)
+    passed = True
+    for i, (h, w) in enumerate(check_sizes(args.shape, args.dynamic, target.size_divisor,
+                                           args.check_shape)):
+        # Later sizes of a dynamic export also change the batch.
+        batch = args.batch + (i > 0)
+        images = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(i))
+        result = check(target, checked, images, sess)
+        ok = result.passed(args.atol)
+        passed &= ok
+        verdict = 'ok' if ok else (
+            'CODES DIFFER away from any near tie: the exported hash is not the model\'s'
+            if not result.codes_agree else f'ABOVE --atol {args.atol}')
+        print(f'  check {result.describe()}: {verdict}')
+        for line in result.describe_codes():
+            print(f'    {line}')
+    return passed
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -119,35 +142,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         # A dynamic export traces a batch of 2: torch.export fixes any dimension of size 1.
         images = torch.randn(max(args.batch, 2) if args.dynamic else args.batch, 3, *args.shape)
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        start = time.perf_counter()
-        exporter = export(target.module, images, args.out, target.output_names,
-                          dynamic=args.dynamic, exporter=args.exporter)
-        size_mb = osp.getsize(args.out) / 2**20
-        print(f'wrote {args.out} ({size_mb:.1f} MB) with the {exporter} exporter, opset {OPSET}, '
-              f'{"dynamic" if args.dynamic else "static"} shape, in '
-              f'{time.perf_counter() - start:.1f} s')
-        if args.scatter_elements:
-            from dualformer_mm.deployment.tensorrt import rewrite_file
-            rewritten, kept = rewrite_file(args.out)
-            print(f'  {rewritten} ScatterND nodes rewritten as ScatterElements'
-                  + (f', {kept} left (other index shapes)' if kept else ''))
-        print('  operators: ' + ', '.join(f'{k} {v}' for k, v in op_types(args.out).items()))
-        if args.no_check:
-            return 0
-        sess = session(args.out)
-        failed = False
-        for i, (h, w) in enumerate(check_sizes(args.shape, args.dynamic, target.size_divisor,
-                                               args.check_shape)):
-            # Later sizes of a dynamic export also change the batch.
-            batch = args.batch + (i > 0)
-            # An image on which no token lies within rounding of an LSH hyperplane: on one
-            # that does, the two runtimes may partition it differently (docs/deployment.md).
-            images, _ = tie_free_images(target, (batch, 3, h, w), draws=CHECK_DRAWS)
-            result = check(target, args.out, images, sess)
-            ok = result.max_abs_diff <= args.atol
-            failed |= not ok
-            print(f'  check {result.describe()}: {"ok" if ok else f"ABOVE --atol {args.atol}"}')
-        return int(failed)
+        with tempfile.TemporaryDirectory(prefix='pytorch2onnx_') as tmp:
+            checked = osp.join(tmp, 'with_codes.onnx')
+            start = time.perf_counter()
+            exporter, code_names = export_checked(target, images, checked, args.dynamic,
+                                                  args.exporter)
+            if args.scatter_elements:
+                from dualformer_mm.deployment.tensorrt import rewrite_file
+                rewritten, kept = rewrite_file(checked)
+            strip_codes(checked, args.out)
+            size_mb = osp.getsize(args.out) / 2**20
+            print(f'wrote {args.out} ({size_mb:.1f} MB) with the {exporter} exporter, opset '
+                  f'{OPSET}, {"dynamic" if args.dynamic else "static"} shape, in '
+                  f'{time.perf_counter() - start:.1f} s')
+            if args.scatter_elements:
+                print(f'  {rewritten} ScatterND nodes rewritten as ScatterElements'
+                      + (f', {kept} left (other index shapes)' if kept else ''))
+            print('  operators: ' + ', '.join(f'{k} {v}'
+                                              for k, v in op_types(args.out).items()))
+            if args.no_check:
+                return 0
+            print(f'  checked as the same graph with the partition codes of its '
+                  f'{len(code_names)} MHPAs as outputs, PyTorch using those codes')
+            return int(not _check(args, target, checked))
     except DeploymentError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -39,10 +39,10 @@ PARTS_OF = {'mmpretrain': ('backbone', 'classifier'), 'mmseg': ('backbone', 'seg
             'mmdet': ('backbone', 'detector')}
 #: Why a detector's export stops at the FPN, for reports and ``--help``.
 DETECTOR_HEADS_NOTE = (
-    "Mask R-CNN's RPN and RoI heads are not exported: their NMS, RoIAlign and mask pasting "
-    'need the deployment ops and rewrites of mmdeploy (e.g. mmdeploy\'s '
-    'configs/mmdet/instance-seg/ configs); this tool exports the backbone and FPN, whose maps '
-    'those heads take.')
+    "For detectors this tool exports the backbone and FPN, whose maps Mask R-CNN's heads take. "
+    'The whole Mask R-CNN (RPN and RoI heads with NMS, RoIAlign and mask pasting) deploys with '
+    'mmdeploy 1.3.1 and configs/deploy/instance-seg_onnxruntime_dynamic.py '
+    '(docs/deployment.md, "Deploy with mmdeploy").')
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch import nn
 
 from dualformer_mm import compat
 from dualformer_mm.deployment import DeploymentError, onnx_export
-from dualformer_mm.deployment.targets import partition_statistics
+from dualformer_mm.deployment.partitions import partition_statistics
 from tests.utils import ROOT
 
 ort = pytest.importorskip('onnxruntime',

@@ -10,7 +10,7 @@ op kernels (``ext``), PyTorch with the reference ops (``reference``) and ONNX Ru
 exported file. For every pair it records whether the predicted labels agree (top-1 of the
 classifier, every pixel's label of the segmentor), the largest absolute difference of the
 outputs and the fraction of tokens whose partition code differs; for every image the
-hyperplane margin (the smallest |cos| of a token to a plane). ``tools/deployment/
+hyperplane margin (the smallest ``|cos|`` of a token to a plane). ``tools/deployment/
 partition_agreement.py`` is its command line.
 """
 import datetime
@@ -31,10 +31,12 @@ from .onnx_export import INPUT_NAME, DeploymentError, export_checked, session
 from .partitions import CODES_PREFIX, TIE_MARGIN, watch_partitions
 from .targets import ExportTarget, load_config
 
-#: The runtimes compared: PyTorch's two op backends and ONNX Runtime.
+#: The runtimes compared, PyTorch's two op backends and ONNX Runtime.
 RUNTIMES = ('ext', 'reference', 'onnxruntime')
-#: The parts whose outputs give labels: the argmax over axis 1 (classes) of their first output.
+#: The parts whose outputs give labels, the argmax over axis 1 (classes) of their first
+#: output.
 LABELLED_PARTS = ('classifier', 'segmentor')
+#: The file suffixes of the images an ``--images`` folder is searched for.
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 #: Packages whose versions a report names.
 PACKAGES = ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'mmcv', 'mmengine', 'mmpretrain',
@@ -145,7 +147,7 @@ class ImageAgreement:
     Attributes:
         path (str): The image file.
         shape (list[int]): The model input's (N, C, H, W).
-        margin (float, optional): The smallest |cos| of a token to a hyperplane normal over
+        margin (float, optional): The smallest ``|cos|`` of a token to a hyperplane normal over
             the PyTorch runs (None: no LSH).
         pairs (dict[str, PairAgreement]): By ``'a/b'`` of :data:`RUNTIMES`.
     """
@@ -259,7 +261,7 @@ def summarize(results: Sequence[ImageAgreement], part: str) -> Dict:
         part (str): ``'classifier'`` or ``'segmentor'``.
 
     Returns:
-        dict: ``images``, ``near_ties`` (images with a margin under :data:`TIE_MARGIN`),
+        dict: ``images``, ``near_ties`` (images with a margin under :data:`~dualformer_mm.deployment.partitions.TIE_MARGIN`),
         ``smallest_margin`` and, in ``pairs``, for each pair: ``labels_agree`` (images whose
         labels all agree), ``labels_differing`` and ``labels_total`` (labels, top-1 or pixels,
         that differ, of all), ``mean_label_agreement``, ``min_label_agreement``,

@@ -195,6 +195,8 @@ def _dualformer_forward__opset_check(self, x: Tensor):
 _FUNCTION = 'FUNCTION_REWRITER'
 _SYMBOLIC = 'SYMBOLIC_REWRITER'
 
+#: Every mend this module knows, in the order they are registered; ``active`` says which
+#: this torch and mmdeploy need.
 MENDS: List[Mend] = [
     Mend('torchscript-exporter',
          'torch >= 2.9 exports with the torch.export-based exporter by default, which cannot '

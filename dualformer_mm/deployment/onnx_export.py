@@ -28,9 +28,10 @@ from .. import compat, ops
 from .partitions import CODES_PREFIX, TIE_MARGIN, CodesOutputs, summarize, watch_partitions
 from .targets import ExportTarget
 
-#: ONNX opset: ScatterElements with ``reduction='max'`` (the partition max of the softmax
-#: pooling) needs 18.
+#: The ONNX opset of every export; ScatterElements with ``reduction='max'`` (the partition
+#: max of the softmax pooling) needs 18.
 OPSET = 18
+#: The exporters :func:`export` takes; ``'auto'`` picks dynamo where this torch has it.
 EXPORTERS = ('auto', 'dynamo', 'torchscript')
 #: A dynamic export takes sides that are multiples of this, from 2x it (a 2x2 map at stride
 #: 32) to MAX_SIDE, and batches up to MAX_BATCH.
@@ -361,20 +362,20 @@ class CheckResult:
 
     Attributes:
         shape (tuple): The input's (N, C, H, W).
-        max_abs_diff (float): The largest |onnxruntime - pytorch| over all outputs. With
+        max_abs_diff (float): The largest ``|onnxruntime - pytorch|`` over all outputs. With
             :attr:`imposed` codes, the export's fidelity: both computed the same partitions.
         max_abs_ref (float): The largest output magnitude, for scale.
         min_tokens (int, optional): Fewest tokens an MHPA partitioned (None: no MHPA).
         max_tokens (int, optional): Most tokens an MHPA partitioned.
         partitions (int, optional): Partitions per head.
-        margin (float, optional): Smallest |cos| of a token to an LSH hyperplane normal in
-            the PyTorch run (None: no LSH); under :data:`TIE_MARGIN` is a near tie.
+        margin (float, optional): Smallest ``|cos|`` of a token to an LSH hyperplane normal in
+            the PyTorch run (None: no LSH); under :data:`~dualformer_mm.deployment.partitions.TIE_MARGIN` is a near tie.
         imposed (bool): Whether PyTorch used ONNX Runtime's partition codes (the file has
             them as outputs, :func:`export_checked`).
         codes (dict): Per LSH MHPA, ``(differing, total)``: tokens (over batch and heads)
             whose own PyTorch code differs from ONNX Runtime's, of all it hashed. Empty
             without :attr:`imposed` codes.
-        differing_cos (float, optional): The largest |cos| to a plane on which the two codes
+        differing_cos (float, optional): The largest ``|cos|`` to a plane on which the two codes
             of a token differ (None: none differ).
 
     Example:
@@ -411,14 +412,14 @@ class CheckResult:
 
     @property
     def near_tie(self) -> bool:
-        """Whether a token lay within :data:`TIE_MARGIN` of a hyperplane: rounding may
+        """Whether a token lay within :data:`~dualformer_mm.deployment.partitions.TIE_MARGIN` of a hyperplane: rounding may
         partition it differently in ONNX Runtime and PyTorch."""
         return self.margin is not None and self.margin < TIE_MARGIN
 
     @property
     def codes_agree(self) -> bool:
         """Whether ONNX Runtime's codes are PyTorch's except at near ties (every plane on
-        which they differ within :data:`TIE_MARGIN` of the token): the file hashes as the
+        which they differ within :data:`~dualformer_mm.deployment.partitions.TIE_MARGIN` of the token): the file hashes as the
         model does. Without imposed codes there is nothing to compare: False."""
         return self.imposed and (self.differing_cos is None or self.differing_cos < TIE_MARGIN)
 
@@ -471,7 +472,7 @@ def check(target: ExportTarget, path: str, images: Tensor, sess=None) -> CheckRe
     codes ONNX Runtime computed, so that a token at a near tie, which rounding can put on
     either side of a plane, is partitioned alike in both: the difference of the outputs is
     then the export's alone. Each MHPA also hashes its own tokens, and the tokens whose code
-    differs are counted with the largest |cos| to a plane they differ on. Without such
+    differs are counted with the largest ``|cos|`` to a plane they differ on. Without such
     outputs (a deployed file) PyTorch partitions by its own codes.
 
     The PyTorch side runs with the default op backend (the fused kernels when built), so the

@@ -29,9 +29,9 @@ from ..ops.partition import lsh_projection
 
 #: Output names of the partition codes in a file exported from :class:`CodesOutputs`.
 CODES_PREFIX = 'codes.'
-#: A token whose |cos| to a hyperplane normal is under this is at a near tie: float32 rounding,
+#: A token whose ``|cos|`` to a hyperplane normal is under this is at a near tie: float32 rounding,
 #: which differs between ONNX Runtime and PyTorch, can put it on either side of the plane.
-#: Between PyTorch's two op backends on DualFormer-B the |cos| of a token to a plane moved by
+#: Between PyTorch's two op backends on DualFormer-B the ``|cos|`` of a token to a plane moved by
 #: up to 1.7e-6 over 3.75e5 projections (docs/deployment.md); this is three times that.
 TIE_MARGIN = 5e-6
 
@@ -50,7 +50,7 @@ def partition_attentions(backbone: nn.Module) -> Dict[str, PartitionAttention]:
 
 
 def _cosines(tokens: Tensor, planes: Tensor) -> Tensor:
-    """|cos| between every token (B, H, n, d) and plane normal (H, d, P): (B, H, n, P)."""
+    """``|cos|`` between every token (B, H, n, d) and plane normal (H, d, P): (B, H, n, P)."""
     x, planes = tokens.detach().double(), planes.double()
     norms = x.norm(dim=-1, keepdim=True) * planes.norm(dim=1)[None, :, None, :]
     return lsh_projection(x, planes).abs() / norms.clamp_min(torch.finfo(torch.float64).tiny)
@@ -65,11 +65,11 @@ class PartitionRecord:
         tokens (int): Tokens per head and image.
         partitions (int): Partitions per head.
         codes (Tensor): The codes the MHPA used, (B, heads, tokens) int64.
-        margin (float, optional): Smallest |cos| between a token and a hyperplane normal
+        margin (float, optional): Smallest ``|cos|`` between a token and a hyperplane normal
             (None: K-Means partitions, no planes).
         differing (int): Tokens (over batch and heads) whose own code differs from the
             imposed one; 0 when none was imposed.
-        differing_cos (float, optional): The largest |cos| to a plane on which a token's own
+        differing_cos (float, optional): The largest ``|cos|`` to a plane on which a token's own
             code and the imposed one differ: under :data:`TIE_MARGIN` when every
             disagreement is a near tie. None when no code differs.
     """
@@ -258,6 +258,7 @@ class CodesOutputs(nn.Module):
         super().__init__()
         self.module = module
         self.backbone = backbone
+        #: The output names of the codes, after the model's own outputs.
         self.code_names: List[str] = []
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:

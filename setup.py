@@ -158,7 +158,9 @@ TESTS = ['pytest>=7', 'pytest-timeout>=2',
          # exporter needs onnxscript; ONNX Runtime runs the exported files.
          'onnx', 'onnxscript', 'onnxruntime',
          # The timm entry points (tests/test_timm.py).
-         versions.TIMM.requirement]
+         versions.TIMM.requirement,
+         # Real photos for the mmdeploy parity tests (tests/test_mmdeploy.py).
+         'scikit-image']
 LICENSE_FIELDS = _license_metadata()
 
 setup(

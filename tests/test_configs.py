@@ -9,7 +9,6 @@ against its backbone's channels without building them.
 The recipes' numbers and the configs' headers are held by tests/test_recipes.py, the real
 training pipelines (the 3x multi-scale one too) by tests/test_pipelines.py.
 """
-import glob
 import inspect
 import math
 import os.path as osp
@@ -23,9 +22,10 @@ from mmengine.model import revert_sync_batchnorm
 from dualformer_mm import DualFormer
 from dualformer_mm.utils import build_model_from_cfg
 
+from .utils import training_configs
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
-                 if '_base_' not in p.split(osp.sep))
+CONFIGS = training_configs()
 # A 3x config differs from its 1x config in the schedule and the multi-scale pipeline only.
 # The T and demo models train here in every run; the larger sizes are full-size runs (slow).
 BUILT = [pytest.param(p, marks=[] if re.search(r'_t_|/demo/', p) else [pytest.mark.slow],

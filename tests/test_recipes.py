@@ -19,9 +19,10 @@ from typing import Any, Callable, List, Set, Tuple
 import pytest
 from mmengine.config import Config
 
+from .utils import training_configs
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
-                 if not {'_base_', 'demo'} & set(osp.relpath(p, ROOT).split(osp.sep)))
+CONFIGS = training_configs(demo=False)
 ALL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
 GPUS = 8  # "trained on 8 Tesla V100 GPUs" (sections 4.1, 4.2, 4.3)
 SIZES = {'t': 'T', 'xs': 'XS', 's': 'S', 'b': 'B'}
@@ -473,8 +474,7 @@ def _data_claims(data: str, cfg: Config) -> List[Tuple[str, Any, Any]]:
     return claims
 
 
-@pytest.mark.parametrize('path', [p for p in ALL_CONFIGS if '_base_' not in p],
-                         ids=lambda p: _rel(p)[8:-3])
+@pytest.mark.parametrize('path', training_configs(), ids=lambda p: _rel(p)[8:-3])
 def test_header_says_what_the_config_trains(path):
     """Line 1's model, size, data, schedule and recipe are the config's; line 2 quotes the
     paper's figure, which is not reproduced here (a demo's line 2 says what it inherits)."""

@@ -4,7 +4,6 @@ The dataset below draws from Python's ``random``, numpy's global generator and t
 OpenMMLab transforms do. An "interrupted" run is a new DataLoader (new workers) that starts at
 the epoch the first one stopped before, as a resumed run's is.
 """
-import glob
 import hashlib
 import os.path as osp
 import random
@@ -22,6 +21,7 @@ from dualformer_mm.engine import (PerSampleSeedDataset, RandomStateHook, SeededI
 
 from .test_pipelines import _config, _dataset
 from .test_tools import make_ade20k, make_coco, make_imagenet
+from .utils import training_configs
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -238,8 +238,7 @@ def test_config_pipelines_draw_only_from_the_seeded_streams(name, tmp_path):
     assert len(set(first)) > len(dataset)  # the same image augmented differently per key
 
 
-CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*', '*.py')))
-CONFIGS = [path for path in CONFIGS if osp.basename(osp.dirname(path)) != '_base_']
+CONFIGS = training_configs()
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda path: osp.relpath(path, ROOT))

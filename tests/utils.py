@@ -1,4 +1,5 @@
 """Device lists, model helpers and the loading of tools' scripts shared by the tests."""
+import glob
 import importlib.util
 import os.path as osp
 import sys
@@ -22,6 +23,22 @@ ARCHS = ['t', 'xs', 's', 'b']
 # takes both the tiled and the plain FFN; two and three heads per stage in the later stages.
 TINY_ARCH = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 144], num_heads=[1, 2, 2, 3],
                  mlp_ratios=[2, 2, 2, 2])
+
+
+def training_configs(demo: bool = True) -> list:
+    """The configs that build and train a model, sorted: ``configs/<toolbox>/`` and, with
+    ``demo``, ``configs/demo/``. ``configs/_base_`` holds their pieces and ``configs/deploy``
+    mmdeploy's deploy configs, which describe an export of a model, not a model.
+
+    Args:
+        demo (bool): Whether the demo's configs are included. Defaults to True.
+
+    Returns:
+        list: Absolute paths.
+    """
+    skip = {'_base_', 'deploy'} | (set() if demo else {'demo'})
+    paths = glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+    return sorted(p for p in paths if not skip & set(osp.relpath(p, ROOT).split(osp.sep)))
 
 
 def load_script(path: str) -> types.ModuleType:

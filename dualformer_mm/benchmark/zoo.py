@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from mmengine.registry import DefaultScope
 from torch import nn
 
 from ..utils.environment import package_version
@@ -200,7 +201,11 @@ def build_model(name: str, source: Optional[Source] = None,
     if source.package == 'timm':
         model = build_timm(name, spec.timm, image_size)
     else:
-        model = _registry_or_error(name).build(dict(spec.cfg))
+        registry = _registry_or_error(name)
+        # mmengine builds from the current default scope's registry; a runner of another
+        # toolbox in the same process may have left one (mmdet's Swin takes no `arch`).
+        with DefaultScope.overwrite_default_scope(registry.scope):
+            model = registry.build(dict(spec.cfg))
     # Statement, not `model = model.eval()`: mmpretrain's Swin and ConvNeXt train() return None.
     model.eval()
     return model

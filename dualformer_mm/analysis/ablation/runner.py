@@ -84,17 +84,17 @@ class Budget:
         return asdict(self)
 
 
-def _scope() -> None:
-    """Make mmpretrain's registries the default ones (datasets, transforms, metrics)."""
+def _mmpretrain_scope():
+    """Build in mmpretrain's registries (datasets, transforms, models) whatever scope the
+    process is in: mmengine builds from the current default scope's registry, which a runner
+    of another toolbox in the same process may have left behind."""
     import mmpretrain.utils  # noqa: F401  (registers mmpretrain's modules)
-    if DefaultScope.get_current_instance() is None:
-        DefaultScope.get_instance('dualformer-ablation', scope_name='mmpretrain')
+    return DefaultScope.overwrite_default_scope('mmpretrain')
 
 
 def build_dataset(root: str, prefix: str, budget: Budget, train: bool):
     """mmpretrain ``CustomDataset`` over ``root/prefix/<class>/<image>``."""
     from mmpretrain.registry import DATASETS
-    _scope()
     size = budget.img_size
     if train:
         pipeline = [dict(type='LoadImageFromFile'),
@@ -107,8 +107,9 @@ def build_dataset(root: str, prefix: str, budget: Budget, train: bool):
                     dict(type='ResizeEdge', scale=size, edge='short', backend='pillow'),
                     dict(type='CenterCrop', crop_size=size),
                     dict(type='PackInputs')]
-    return DATASETS.build(dict(type='CustomDataset', data_root=root, data_prefix=prefix,
-                               pipeline=pipeline))
+    with _mmpretrain_scope():
+        return DATASETS.build(dict(type='CustomDataset', data_root=root, data_prefix=prefix,
+                                   pipeline=pipeline))
 
 
 def build_classifier(budget: Budget, backbone_options: Dict[str, Any], num_classes: int,
@@ -131,7 +132,6 @@ def build_classifier(budget: Budget, backbone_options: Dict[str, Any], num_class
     from mmpretrain.registry import MODELS
 
     from ...models import DualFormer
-    _scope()
     config = _classifier_config(config_file)
     cfg = copy.deepcopy(config.model)
     cfg.data_preprocessor = dict(copy.deepcopy(config.data_preprocessor),
@@ -142,7 +142,8 @@ def build_classifier(budget: Budget, backbone_options: Dict[str, Any], num_class
                     in_channels=DualFormer.arch_zoo[budget.arch]['channels'][-1])
     # Mixup and CutMix regularise 300-epoch runs; a short budget learns less with them.
     cfg.train_cfg = None
-    model = MODELS.build(cfg)
+    with _mmpretrain_scope():
+        model = MODELS.build(cfg)
     model.init_weights()
     return model
 

@@ -54,6 +54,22 @@ def test_every_builtin_variant_builds(variants):
         assert members[0] == 'full' and set(members) <= set(variants.VARIANTS), set_name
 
 
+def test_builds_in_mmpretrain_whatever_the_default_scope(data_root):
+    """A default scope of another toolbox left in the process (mmseg's, which has no
+    ``CustomDataset``) does not change where the ablation builds its data and model."""
+    import mmseg.models  # noqa: F401  (mmseg's registries exist)
+    from mmengine.registry import DefaultScope
+    budget = runner.Budget(img_size=32)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        dataset = runner.build_dataset(data_root, 'train', budget, train=True)
+        model = runner.build_classifier(budget, {}, len(CLASSES),
+                                        osp.join(ROOT, 'configs/mmpretrain/dualformer_t_in1k.py'))
+        assert DefaultScope.get_current_instance().scope_name == 'mmseg'
+    assert type(dataset).__module__.startswith('mmpretrain.') and len(dataset) == 8
+    assert type(model).__module__.startswith('mmpretrain.')
+    assert model.head.num_classes == len(CLASSES)
+
+
 def test_variant_spec_parsing(variants):
     parsed = variants.parse_variant('x:mode=serial, num_partitions=(4, 4, 2, 2),'
                                     'attn_cfg.use_inter=False')

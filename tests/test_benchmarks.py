@@ -440,6 +440,21 @@ def test_real_timm_peers_match_mmpretrain(bench):
             zoo.count_params(mm_model), rel=0.01)
 
 
+def test_peers_build_in_their_toolbox_whatever_the_default_scope(bench):
+    """mmengine builds from the registry of the current default scope: a scope that a runner
+    of another toolbox left in the process (mmdet's, whose Swin takes no ``arch``) must not
+    change which Swin-T is benchmarked."""
+    pytest.importorskip('mmdet')
+    pytest.importorskip('mmpretrain')
+    from mmengine.registry import DefaultScope
+    import mmdet.models  # noqa: F401  (mmdet's SwinTransformer in mmdet's registry)
+    zoo = bench.zoo
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = zoo.build_model('swin-t', zoo.resolve_source('swin-t', 'toolbox'))
+    assert type(model).__module__.startswith('mmpretrain.')
+    assert [o.shape[1] for o in model(torch.rand(1, 3, 64, 64))] == [96, 192, 384, 768]
+
+
 def _settings(bench, device='cpu', amp_dtype=None):
     return bench.options.Settings(device=device, threads=1, amp=amp_dtype is not None,
                            amp_dtype=amp_dtype, channels_last=False, compile=False, warmup=0,

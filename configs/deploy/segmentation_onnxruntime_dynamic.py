@@ -6,27 +6,13 @@
 #
 #   python tools/deploy.py configs/deploy/segmentation_onnxruntime_dynamic.py \
 #       configs/mmseg/upernet_dualformer_t_ade20k.py CKPT IMG --work-dir W --device cpu
-#
-# custom_imports: see instance-seg_onnxruntime_dynamic.py.
-custom_imports = dict(
-    imports=['dualformer_mm', 'dualformer_mm.deployment.mmdeploy_support'],
-    allow_failed_imports=False)
+_base_ = ['./_base_/onnxruntime.py']
 
 onnx_config = dict(
-    type='onnx',
-    export_params=True,
-    keep_initializers_as_inputs=False,
-    opset_version=18,
-    save_file='end2end.onnx',
-    input_names=['input'],
-    output_names=['output'],
-    input_shape=None,
-    optimize=False,
     dynamic_axes={
         'input': {0: 'batch', 2: 'height', 3: 'width'},
         'output': {0: 'batch', 2: 'height', 3: 'width'},
     })
 
+# with_argmax: the graph ends with the label map (N, 1, H, W); False keeps the logits.
 codebase_config = dict(type='mmseg', task='Segmentation', with_argmax=True)
-
-backend_config = dict(type='onnxruntime')

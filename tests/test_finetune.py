@@ -429,3 +429,27 @@ def test_layer_decay_constructor_docstring_example():
     from dualformer_mm.engine import optim
     result = doctest.testmod(optim)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_layer_decay_groups_train_schedule_and_resume():
+    import torch
+    from mmengine.optim import LinearLR
+    model = TinyDetector(DualFormer(arch=ARCH, out_indices=(3, )))
+    wrapper = build_layer_decay(model, layer_decay_rate=0.5)
+    scheduler = LinearLR(wrapper.optimizer, start_factor=0.1, by_epoch=False, begin=0, end=10)
+    start = [group['lr'] for group in wrapper.optimizer.param_groups]
+    before = model.backbone.stem[0].conv.weight.detach().clone()
+    wrapper.update_params(model.neck(model.backbone(torch.rand(2, 3, 64, 64))[0]).mean())
+    scheduler.step()
+    # The scheduler scales every group alike: the decay between depths is kept.
+    for group, lr in zip(wrapper.optimizer.param_groups, start):
+        assert group['lr'] == pytest.approx(2 * lr)
+        assert group['lr'] == pytest.approx(0.2 * 1e-3 * group['lr_scale'])
+    assert not torch.equal(before, model.backbone.stem[0].conv.weight)
+    # A resumed run's optimizer, built again from the config, takes the saved state.
+    resumed = build_layer_decay(TinyDetector(DualFormer(arch=ARCH, out_indices=(3, ))),
+                                layer_decay_rate=0.5)
+    resumed.load_state_dict(wrapper.state_dict())
+    assert [g['lr'] for g in resumed.optimizer.param_groups] == \
+        [g['lr'] for g in wrapper.optimizer.param_groups]
+    assert len(resumed.optimizer.state) == len(wrapper.optimizer.state) > 0

@@ -409,6 +409,15 @@ def test_layer_decay_constructor_rejects_bad_settings(paramwise_cfg, error, matc
         build_layer_decay(model, **paramwise_cfg)
 
 
+def test_layer_decay_constructor_needs_lr_and_weight_decay():
+    from dualformer_mm.engine import LayerDecayOptimWrapperConstructor
+    for optimizer, key in ((dict(type='AdamW', lr=1e-3), 'weight_decay'),
+                           (dict(type='AdamW', weight_decay=0.05), 'lr')):
+        with pytest.raises(ValueError, match=f'needs optimizer.{key}'):
+            LayerDecayOptimWrapperConstructor(dict(optimizer=optimizer),
+                                              dict(layer_decay_rate=0.9))
+
+
 def test_layer_decay_constructor_names_a_backbone_without_depths():
     with pytest.raises(NotImplementedError, match='the backbone PlainBackbone of TinyDetector '
                        r'has no get_layer_depth\(param_name, prefix\)'):

@@ -3,7 +3,8 @@
 
 mmpretrain's ``LearningRateDecayOptimWrapperConstructor`` asks the model for
 ``get_layer_depth``, which its classifiers have and mmdet's detectors and mmseg's segmentors do
-not; mmdet's and mmseg's own layer-decay constructors know only ConvNeXt and BEiT.
+not; mmdet's and mmseg's own layer-decay constructors know only ConvNeXt (and, in mmseg, BEiT
+and MAE).
 :class:`LayerDecayOptimWrapperConstructor` asks the backbone, so the same ``optim_wrapper``
 works in the configs of all three toolboxes. Importing ``dualformer_mm`` registers it in
 mmengine's root ``OPTIM_WRAPPER_CONSTRUCTORS`` registry, which the registries of the three
@@ -54,7 +55,7 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     Args:
         optim_wrapper_cfg (dict): The ``optim_wrapper`` config without ``constructor`` and
-            ``paramwise_cfg``; ``optimizer.lr`` is required.
+            ``paramwise_cfg``; ``optimizer.lr`` and ``optimizer.weight_decay`` are required.
         paramwise_cfg (dict): Keys:
 
             - ``layer_decay_rate`` (float, required): the decay per depth, in (0, 1]; 1 gives
@@ -105,6 +106,14 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """
 
     def _validate_cfg(self) -> None:
+        if self.base_lr is None:
+            raise ValueError('LayerDecayOptimWrapperConstructor needs optimizer.lr, the '
+                             'learning rate at the top depth')
+        if self.base_wd is None:
+            # Without it, every group would get the optimizer's own default (AdamW: 0.01),
+            # 1-D parameters included.
+            raise ValueError('LayerDecayOptimWrapperConstructor needs optimizer.weight_decay, '
+                             'the weight decay that the decay multipliers scale (0 for none)')
         super()._validate_cfg()
         cfg = self.paramwise_cfg
         unknown = sorted(set(cfg) - set(PARAMWISE_KEYS))
@@ -119,9 +128,6 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
             raise ValueError(f'paramwise_cfg.layer_decay_rate must be a float in (0, 1], '
                              f'got {rate!r}')
-        if self.base_lr is None:
-            raise ValueError('LayerDecayOptimWrapperConstructor needs optimizer.lr, the '
-                             'learning rate at the top depth')
         for key in ('norm_decay_mult', 'bias_decay_mult', 'flat_decay_mult'):
             value = cfg.get(key)
             if value is not None and (isinstance(value, bool) or
@@ -163,17 +169,15 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 key = (depth, lr_mult, decay_mult)
                 if key not in groups:
                     scale = rate**(num_layers - 1 - depth)
-                    group = dict(params=[], param_names=[], layer_id=depth, lr_scale=scale,
-                                 lr=self.base_lr * scale * lr_mult)
-                    if self.base_wd is not None:
-                        group['weight_decay'] = self.base_wd * decay_mult
-                    groups[key] = group
+                    groups[key] = dict(params=[], param_names=[], layer_id=depth,
+                                       lr_scale=scale, lr=self.base_lr * scale * lr_mult,
+                                       weight_decay=self.base_wd * decay_mult)
                 groups[key]['params'].append(param)
                 groups[key]['param_names'].append(full_name)
         params.extend(groups.values())
         for group in groups.values():
             print_log(f"layer {group['layer_id']}: lr={group['lr']:.3g}, weight_decay="
-                      f"{group.get('weight_decay')}: {', '.join(group['param_names'])}",
+                      f"{group['weight_decay']:.3g}: {', '.join(group['param_names'])}",
                       logger='current', level=logging.DEBUG)
 
     def _multipliers(self, full_name: str, name: str, param: nn.Parameter, owner: nn.Module,

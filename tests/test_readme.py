@@ -1,0 +1,47 @@
+# Copyright (c) dualformer-mm contributors.
+"""README.md says what the code does: its relative links resolve, its cost table is what
+``tools/analysis/get_flops.py --paper`` prints (ours beside Table 1), and its support ranges
+are those of ``dualformer_mm/version.py``."""
+import os.path as osp
+import re
+
+import pytest
+
+from dualformer_mm import version
+from dualformer_mm.utils import PAPER_TABLE1, build_model_from_cfg, count_complexity
+from tests.utils import ARCHS
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def readme() -> str:
+    with open(osp.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        return f.read()
+
+
+def test_relative_links_and_images_resolve(readme):
+    targets = re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', readme)
+    local = [t for t in targets if not re.match(r'[a-z]+://', t)]
+    assert local, 'no relative link found: the pattern no longer matches the README'
+    missing = [t for t in local if not osp.exists(osp.join(ROOT, t))]
+    assert not missing, f'README.md links to files that do not exist: {missing}'
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_cost_table_is_the_computed_one(readme, arch):
+    row = re.search(rf'^\| {arch} \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|$', readme,
+                    re.MULTILINE)
+    assert row, f'README.md has no cost row for {arch!r}'
+    params, flops = count_complexity(build_model_from_cfg(
+        osp.join(ROOT, 'configs', 'mmpretrain', f'dualformer_{arch}_in1k.py')))
+    assert row.group(1, 3) == (f'{params / 1e6:.2f}', f'{flops / 1e9:.2f}')
+    assert tuple(map(float, row.group(2, 4))) == tuple(PAPER_TABLE1[arch])
+
+
+def test_support_ranges_are_those_of_the_package(readme):
+    text = ' '.join(readme.split())
+    for label, span in (('torch', version.TORCH), ('Python', version.PYTHON),
+                        ('mmengine', version.MMENGINE), ('mmcv or mmcv-lite', version.MMCV)):
+        claim = f'{label} {span.oldest} to {span.newest_tested_series}'
+        assert claim in text, f'README.md does not say {claim!r}'

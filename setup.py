@@ -16,7 +16,7 @@ Environment:
         (``cuda_build.cuda_home``).
     MAX_JOBS: parallel compile jobs (ninja).
 
-Installing into an existing environment (README, "Use it in your own OpenMMLab environment"):
+Installing into an existing environment (docs/install.md, "Into your own OpenMMLab environment"):
 ``pip install --no-build-isolation .`` (or ``-e .``) compiles against the torch already there.
 torch is required to be installed first and inside the supported range, checked here before
 pip resolves anything, so pip never installs, upgrades or downgrades it; mmcv is no

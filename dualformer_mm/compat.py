@@ -94,7 +94,7 @@ def check_mmcv() -> str:
     """
     advice = (f'install mmcv-lite (the backbone alone: pip install "mmcv-lite{MMCV.specifier}") '
               f'or mmcv {MMCV.oldest}-{MMCV.newest_tested_series} with its ops (needed by mmdet '
-              'and mmseg); README, "Use it in your own OpenMMLab environment"')
+              'and mmseg); docs/install.md, "Into your own OpenMMLab environment"')
     try:
         import mmcv
     except ImportError as err:

@@ -2,7 +2,7 @@
 version needs, and what the package refuses it refuses in one line.
 
 These tests need no toolbox: ``make test-compat`` runs them on the oldest and the newest
-corner of the support range (README, "Use it in your own OpenMMLab environment").
+corner of the support range (docs/install.md, "Into your own OpenMMLab environment").
 """
 import os
 import os.path as osp

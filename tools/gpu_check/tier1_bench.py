@@ -4,7 +4,7 @@
 ``bench_ops``: ``tools/benchmarks/bench_ops.py``, the kernels against the reference and the
 softmax pool's bandwidth against a copy. ``throughput``: ``tools/benchmarks/throughput.py``
 under AMP at 224x224 with the kernels (``DUALFORMER_OPS=ext``), DualFormer against Swin-T and
-ConvNeXt-T. Both judge the project's targets on a GPU only.
+ConvNeXt-T. Both judge the report's thresholds (below) on a GPU only.
 """
 import json
 import os.path as osp

@@ -15,7 +15,7 @@ and ``bench_ops.py`` (the partition ops); and by ``tools/deployment/benchmark_on
 * :mod:`.options`: the shared command-line options, the :class:`~.options.Settings` they give,
   and what they do to a model and its input.
 * :mod:`.measure`: interleaved timing and the peak memory of a call.
-* :mod:`.ratios`: ratios to Swin-T and the project's targets.
+* :mod:`.ratios`: ratios to Swin-T.
 * :mod:`.output`: the environment of a run, JSON and charts.
 * :mod:`.train_report`: the tables and chart of ``train_step.py``.
 * :mod:`.deployed`: whole models deployed with mmdeploy, ONNX Runtime against PyTorch eager

@@ -134,7 +134,19 @@ class _Recorded(Deployed):
         return super().session(threads)
 
 
-def _stand_in(tmp_path, task: str, name: str, channels: int, passed: bool = True):
+class _Postprocess:
+    """A stand-in of mmdeploy's post-processing that records what it was given."""
+
+    def __init__(self) -> None:
+        self.shapes = []
+
+    def __call__(self, outputs):
+        self.shapes.append([o.shape for o in outputs])
+        return outputs
+
+
+def _stand_in(tmp_path, task: str, name: str, channels: int, passed: bool = True,
+              postprocess: bool = True):
     from dualformer_mm.deployment import export
     from dualformer_mm.deployment.onnx_export import INPUT_NAME
     module = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU()).eval()
@@ -142,12 +154,12 @@ def _stand_in(tmp_path, task: str, name: str, channels: int, passed: bool = True
     path = str(tmp_path / f'{task}_{name}.onnx')
     export(module, x, path, ['output'], exporter='torchscript')
     return _Recorded(task, name, (16, 24), path, _Counted(module, x), {INPUT_NAME: x.numpy()},
-                     dict(passed=passed))
+                     dict(passed=passed), _Postprocess() if postprocess else None)
 
 
-def test_time_deployed_interleaves_both_runtimes_per_thread_count(tmp_path):
+def test_time_deployed_interleaves_the_runtimes_per_thread_count(tmp_path):
     models = [_stand_in(tmp_path, 'toy', 'dualformer-s', 8),
-              _stand_in(tmp_path, 'toy', 'swin-t', 4),
+              _stand_in(tmp_path, 'toy', 'swin-t', 4, postprocess=False),
               _stand_in(tmp_path, 'toy', 'broken', 4, passed=False)]
     threads = torch.get_num_threads()
     rows = deployed.time_deployed(models, [1, 2], warmup=1, repeat=3)
@@ -162,28 +174,38 @@ def test_time_deployed_interleaves_both_runtimes_per_thread_count(tmp_path):
             assert row['onnxruntime_ms'] is None and row['onnxruntime_samples_ms'] == []
         else:
             assert len(row['onnxruntime_samples_ms']) == 3 and row['onnxruntime_ms'] > 0
+        if row['model'] == 'dualformer-s':  # the session, then the post-processing
+            assert len(row['mmdeploy_samples_ms']) == 3 and row['mmdeploy_ms'] > 0
+        else:
+            assert row['mmdeploy_ms'] is None and row['mmdeploy_samples_ms'] == []
     for m in models:  # warm-up and rounds, with the thread count of their pass
         assert m.eager.threads == [1] * 4 + [2] * 4
+    # The post-processing got the session's outputs, in each call of both passes.
+    assert models[0].postprocess.shapes == [[(1, 8, 16, 24)]] * 8
+    assert models[2].postprocess.shapes == []
     assert [m.sessions for m in models[:2]] == [[1, 2], [1, 2]]
     assert not hasattr(models[2], 'sessions')
 
 
 def test_table_divides_by_swin_t_of_the_same_task_and_threads():
     rows = [dict(task='detector', size=[800, 1344], model='dualformer-t', threads=1,
-                 pytorch_ms=3000.0, onnxruntime_ms=1500.0),
+                 pytorch_ms=3000.0, onnxruntime_ms=1500.0, mmdeploy_ms=2000.0),
             dict(task='detector', size=[800, 1344], model='swin-t', threads=1,
-                 pytorch_ms=4000.0, onnxruntime_ms=2000.0),
+                 pytorch_ms=4000.0, onnxruntime_ms=2000.0, mmdeploy_ms=2500.0),
             dict(task='detector', size=[800, 1344], model='dualformer-t', threads=2,
-                 pytorch_ms=2000.0, onnxruntime_ms=None),
+                 pytorch_ms=2000.0, onnxruntime_ms=None, mmdeploy_ms=None),
             dict(task='detector', size=[800, 1344], model='swin-t', threads=2,
-                 pytorch_ms=1000.0, onnxruntime_ms=800.0)]
+                 pytorch_ms=1000.0, onnxruntime_ms=800.0, mmdeploy_ms=900.0)]
     lines = deployed.format_table(rows).splitlines()
-    assert lines[0].startswith('| task | input | model | threads | PyTorch eager (ms) |')
-    assert lines[2] == '| detector | 800x1344 | dualformer-t | 1 | 3000.0 | 1500.0 | 2.00x | ' \
-                       '0.75 | 0.75 |'
-    assert lines[3].endswith('| 4000.0 | 2000.0 | 2.00x | 1.00 | 1.00 |')
-    assert lines[4] == '| detector | 800x1344 | dualformer-t | 2 | 2000.0 | n/a | n/a | 2.00 | ' \
-                       'n/a |'
+    assert lines[0] == ('| task | input | model | threads | PyTorch eager (ms) | ONNX Runtime '
+                        '(ms) | mmdeploy model (ms) | ORT speed-up | mmdeploy speed-up | '
+                        'PyTorch / Swin-T | ORT / Swin-T | mmdeploy / Swin-T |')
+    assert lines[1].count('|---') == lines[0].count(' | ') + 1
+    assert lines[2] == ('| detector | 800x1344 | dualformer-t | 1 | 3000.0 | 1500.0 | 2000.0 | '
+                        '2.00x | 1.50x | 0.75 | 0.75 | 0.80 |')
+    assert lines[3].endswith('| 4000.0 | 2000.0 | 2500.0 | 2.00x | 1.60x | 1.00 | 1.00 | 1.00 |')
+    assert lines[4] == ('| detector | 800x1344 | dualformer-t | 2 | 2000.0 | n/a | n/a | n/a | '
+                        'n/a | 2.00 | n/a | n/a |')
 
 
 def test_main_prints_the_table_and_writes_json(script, monkeypatch, tmp_path, capsys):
@@ -210,7 +232,7 @@ def test_main_prints_the_table_and_writes_json(script, monkeypatch, tmp_path, ca
     assert 'dualformer-s detector (16x24), onnxruntime against eager: matched 3: passed' \
         in printed
     table = [line for line in printed.splitlines() if line.startswith('| ')]
-    assert len(table) == 1 + 5 and all(line.endswith('| 1.00 | 1.00 |')
+    assert len(table) == 1 + 5 and all(line.endswith('| 1.00 | 1.00 | 1.00 |')
                                        for line in table if '| swin-t |' in line)
     data = json.loads(out.read_text())
     assert data['benchmark'] == 'deploy' and len(data['results']) == 5

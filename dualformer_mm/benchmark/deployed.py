@@ -8,20 +8,23 @@ head works on them, as a trained one does: :func:`seed_detector`), exports it wi
 mmdeploy's ``torch2onnx`` and this package's deploy configs (``configs/deploy``), preprocesses
 one of scikit-image's photos as mmdeploy does, and checks ONNX Runtime's outputs against the
 eager model's on it (:func:`check_detections`, :func:`check_labels`). :func:`time_deployed`
-then times, on that preprocessed tensor, the ONNX Runtime session and the toolbox model's
-``predict`` (mmdet's / mmseg's post-processing included, as mmdeploy's PyTorch reference runs
-it) with each thread count, in interleaved rounds (:func:`.measure.time_interleaved`);
-:func:`format_table` prints the medians with the ratios to Swin-T's in the same runtime.
+then times, on that preprocessed tensor, the toolbox model's ``predict`` (mmdet's / mmseg's
+post-processing included, as mmdeploy's PyTorch reference runs it), the ONNX Runtime session
+alone, and the session followed by mmdeploy's own post-processing of its deployed model
+(``End2EndModel``: a detector's 100 masks pasted into the image, boxes rescaled; a segmentor's
+label map resized to the image), with each thread count, in interleaved rounds
+(:func:`.measure.time_interleaved`); :func:`format_table` prints the medians with the ratios to
+Swin-T's in the same runtime.
 
 mmdeploy and the toolboxes are imported by :func:`prepare` only.
 
 Example:
     >>> rows = [dict(task='segmentor', size=[512, 512], model='dualformer-s', threads=1,
-    ...              pytorch_ms=300.0, onnxruntime_ms=200.0),
+    ...              pytorch_ms=300.0, onnxruntime_ms=200.0, mmdeploy_ms=240.0),
     ...         dict(task='segmentor', size=[512, 512], model='swin-t', threads=1,
-    ...              pytorch_ms=250.0, onnxruntime_ms=250.0)]
-    >>> print(format_table(rows).splitlines()[2])
-    | segmentor | 512x512 | dualformer-s | 1 | 300.0 | 200.0 | 1.50x | 1.20 | 0.80 |
+    ...              pytorch_ms=250.0, onnxruntime_ms=250.0, mmdeploy_ms=300.0)]
+    >>> format_table(rows).splitlines()[2].split(' | ')[3:]
+    ['1', '300.0', '200.0', '240.0', '1.50x', '1.25x', '1.20', '0.80', '0.80 |']
 """
 import copy
 import os
@@ -98,6 +101,9 @@ class Deployed:
         feed (Dict[str, np.ndarray]): The ONNX Runtime inputs (the same tensor).
         check (Dict[str, Any]): What :func:`check_detections` or :func:`check_labels` found;
             ``passed`` False leaves ONNX Runtime untimed.
+        postprocess (Callable, optional): mmdeploy's post-processing of the session's outputs
+            (a list of arrays), as its deployed model runs it after the session; timed with
+            the session as the ``mmdeploy`` runtime.
 
     Example:
         >>> net = torch.nn.Conv2d(3, 4, 3).eval()
@@ -115,6 +121,7 @@ class Deployed:
     eager: Callable[[], Any]
     feed: Dict[str, np.ndarray]
     check: Dict[str, Any] = field(default_factory=dict)
+    postprocess: Optional[Callable[[List[np.ndarray]], Any]] = None
 
     @property
     def passed(self) -> bool:
@@ -315,10 +322,21 @@ def prepare(task_name: str, model_name: str, work_dir: str, reuse: bool = False)
             seed_detector(model, eager)
         torch.save({'state_dict': model.state_dict()}, checkpoint)
         torch2onnx(img, out, 'end2end.onnx', deploy_cfg, model_cfg, checkpoint, 'cpu')
+    backend = processor.build_backend_model([path])  # its post-processing, not its session
+
+    if task_name == 'detector':
+
+        def postprocess(outputs: List[np.ndarray]):
+            dets, labels, masks = (torch.from_numpy(o) for o in outputs)
+            return backend.postprocessing_results(dets, labels, masks, copy.deepcopy(samples))
+    else:
+
+        def postprocess(outputs: List[np.ndarray]):
+            return backend.pack_result(torch.from_numpy(outputs[0]), copy.deepcopy(samples))
 
     feed = {'input': inputs.numpy()}
     size = (int(inputs.shape[2]), int(inputs.shape[3]))
-    deployed = Deployed(task_name, model_name, size, path, eager, feed)
+    deployed = Deployed(task_name, model_name, size, path, eager, feed, postprocess=postprocess)
     got = deployed.session(threads=torch.get_num_threads()).run(None, feed)
     ref = eager()[0]
     if task_name == 'detector':
@@ -333,14 +351,21 @@ def prepare(task_name: str, model_name: str, work_dir: str, reuse: bool = False)
 # --- timing and the table ---------------------------------------------------------------------
 
 
+#: What :func:`time_deployed` times: the eager model, the session, the session and mmdeploy's
+#: post-processing.
+RUNTIMES = ('pytorch', 'onnxruntime', 'mmdeploy')
+
+
 def time_deployed(models: Sequence[Deployed], threads: Sequence[int], warmup: int,
                   repeat: int) -> List[Dict[str, Any]]:
     """Time every model's eager ``predict`` and ONNX Runtime run, for each thread count.
 
     For each thread count: ``torch.set_num_threads`` and sessions with as many intra-op
-    threads, then :func:`.measure.time_interleaved` over all models and both runtimes
-    (``warmup`` untimed calls each, then ``repeat`` rounds running each once in turn). A model
-    whose check did not pass is timed in PyTorch only. The thread count is restored after.
+    threads, then :func:`.measure.time_interleaved` over all models and runtimes (``warmup``
+    untimed calls each, then ``repeat`` rounds running each once in turn): ``pytorch`` (the
+    eager call), ``onnxruntime`` (the session) and, where a model has ``postprocess``,
+    ``mmdeploy`` (the session, then ``postprocess``). A model whose check did not pass is timed
+    in PyTorch only. The thread count is restored after.
 
     Args:
         models (Sequence[Deployed]): The models, typically those of one task.
@@ -350,8 +375,8 @@ def time_deployed(models: Sequence[Deployed], threads: Sequence[int], warmup: in
 
     Returns:
         List[dict]: One row per model and thread count: ``task``, ``size``, ``model``,
-        ``threads``, ``pytorch_ms`` and ``onnxruntime_ms`` (medians; None where not timed),
-        ``*_samples_ms``, ``*_error`` where a call raised, and ``check``.
+        ``threads``, ``pytorch_ms``, ``onnxruntime_ms`` and ``mmdeploy_ms`` (medians; None
+        where not timed), ``*_samples_ms``, ``*_error`` where a call raised, and ``check``.
     """
     rows: List[Dict[str, Any]] = []
     saved = torch.get_num_threads()
@@ -365,6 +390,9 @@ def time_deployed(models: Sequence[Deployed], threads: Sequence[int], warmup: in
                     sess = m.session(n)
                     fns[f'{m.model} onnxruntime'] = \
                         lambda sess=sess, feed=m.feed: sess.run(None, feed)
+                    if m.postprocess is not None:
+                        fns[f'{m.model} mmdeploy'] = lambda sess=sess, m=m: m.postprocess(
+                            sess.run(None, m.feed))
             settings = Settings(device='cpu', threads=n, amp=False, amp_dtype=None,
                                 channels_last=False, compile=False, warmup=warmup,
                                 repeat=repeat, iters=1)
@@ -372,7 +400,7 @@ def time_deployed(models: Sequence[Deployed], threads: Sequence[int], warmup: in
             for m in models:
                 row: Dict[str, Any] = dict(task=m.task, size=list(m.size), model=m.model,
                                            threads=n, check=m.check)
-                for runtime in ('pytorch', 'onnxruntime'):
+                for runtime in RUNTIMES:
                     key = f'{m.model} {runtime}'
                     row[f'{runtime}_ms'] = 1e3 * median(times[key]) if key in times else None
                     row[f'{runtime}_samples_ms'] = [1e3 * t for t in times.get(key, [])]
@@ -395,28 +423,31 @@ def _ms(value: Optional[float]) -> str:
 def format_table(rows: Sequence[Dict[str, Any]], reference: str = REFERENCE) -> str:
     """The rows of :func:`time_deployed` as a Markdown table.
 
-    Columns: ms per image in PyTorch eager and in ONNX Runtime, ONNX Runtime's speed-up over
-    eager, and each time over ``reference``'s of the same task, thread count and runtime
-    (``n/a`` where a time is missing).
+    Columns: ms per image in PyTorch eager, in ONNX Runtime (the session) and in mmdeploy's
+    deployed model (the session and its post-processing), the speed-ups of the session and of
+    the deployed model over eager, and each time over ``reference``'s of the same task, thread
+    count and runtime (``n/a`` where a time is missing).
 
     Args:
         rows (Sequence[dict]): Rows with ``task``, ``size``, ``model``, ``threads``,
-            ``pytorch_ms``, ``onnxruntime_ms``.
+            ``pytorch_ms``, ``onnxruntime_ms``, ``mmdeploy_ms``.
         reference (str): The model the ratios divide by. Defaults to :data:`REFERENCE`.
 
     Returns:
         str: Header, separator and one line per row, in the order given.
     """
     lines = ['| task | input | model | threads | PyTorch eager (ms) | ONNX Runtime (ms) | '
-             'ORT speed-up | PyTorch / Swin-T | ORT / Swin-T |',
-             '|---|---|---|---|---|---|---|---|---|']
+             'mmdeploy model (ms) | ORT speed-up | mmdeploy speed-up | PyTorch / Swin-T | '
+             'ORT / Swin-T | mmdeploy / Swin-T |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in rows:
         ref = next((r for r in rows if r['task'] == row['task'] and r['model'] == reference
                     and r['threads'] == row['threads']), {})
-        torch_ms, ort_ms = row.get('pytorch_ms'), row.get('onnxruntime_ms')
+        times = [row.get(f'{runtime}_ms') for runtime in RUNTIMES]
         lines.append(
             f"| {row['task']} | {row['size'][0]}x{row['size'][1]} | {row['model']} | "
-            f"{row['threads']} | {_ms(torch_ms)} | {_ms(ort_ms)} | "
-            f"{_ratio(torch_ms, ort_ms, 'x')} | {_ratio(torch_ms, ref.get('pytorch_ms'))} | "
-            f"{_ratio(ort_ms, ref.get('onnxruntime_ms'))} |")
+            f"{row['threads']} | " + ' | '.join(_ms(t) for t in times)
+            + f' | {_ratio(times[0], times[1], "x")} | {_ratio(times[0], times[2], "x")} | '
+            + ' | '.join(_ratio(t, ref.get(f'{runtime}_ms'))
+                         for t, runtime in zip(times, RUNTIMES)) + ' |')
     return '\n'.join(lines)

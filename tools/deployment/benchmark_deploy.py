@@ -7,9 +7,10 @@ DualFormer-S and mmseg's UperNet Swin-T at 512x512 (``segmentor``): each exporte
 mmdeploy's ``torch2onnx`` with the deploy configs of ``configs/deploy`` (random weights), its
 ONNX Runtime outputs checked against the eager model's on scikit-image's ``coffee`` photo
 preprocessed as mmdeploy does, then, on that tensor, batch 1, the ONNX Runtime session and the
-toolbox model's ``predict`` timed in interleaved rounds with each thread count (medians).
-Printed: ms per image, ONNX Runtime's speed-up over eager, every time over Swin-T's in the
-same runtime (:mod:`dualformer_mm.benchmark.deployed`). A benchmark to read, not a test.
+toolbox model's ``predict`` and mmdeploy's deployed model (the session and its
+post-processing) timed in interleaved rounds with each thread count (medians). Printed: ms per
+image, the speed-ups over eager, every time over Swin-T's in the same runtime
+(:mod:`dualformer_mm.benchmark.deployed`). A benchmark to read, not a test.
 
 Example:
     python tools/deployment/benchmark_deploy.py --threads 1 2 --repeat 5 --warmup 1 \\
@@ -21,7 +22,7 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-from dualformer_mm.benchmark.deployed import (REFERENCE, ROOT, TASKS, describe_check,
+from dualformer_mm.benchmark.deployed import (REFERENCE, ROOT, RUNTIMES, TASKS, describe_check,
                                               format_table, prepare, time_deployed)
 from dualformer_mm.benchmark.options import Settings, positive_int
 from dualformer_mm.benchmark.output import describe_environment, write_json
@@ -84,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             deployed.append(d)
         task_rows = time_deployed(deployed, args.threads, args.warmup, args.repeat)
         for row in task_rows:
-            for runtime in ('pytorch', 'onnxruntime'):
+            for runtime in RUNTIMES:
                 if f'{runtime}_error' in row:
                     print(f"{row['model']} {runtime}, {row['threads']} threads: "
                           f"{row[f'{runtime}_error']}")

@@ -9,7 +9,7 @@ and of their Mask R-CNNs) runs as a subprocess (``slow``), and so does a script 
 without the toolboxes. The tests check the JSON fields, that the numbers are positive and the
 ratios are to the same run's Swin-T, that the PNGs exist, and the errors for bad requests. The
 shared pieces of the ``dualformer_mm.benchmark`` package they import (where a peer comes
-from, mmpretrain or timm; the memory held between steps; the targets; the training step of
+from, mmpretrain or timm; the memory held between steps; the training step of
 ``train_step.py`` and its fp16 GradScaler) are tested in-process. No timing is asserted: the
 scripts print ratios for people to read, and a shared CI machine makes any threshold flaky.
 """
@@ -102,6 +102,13 @@ def test_throughput_writes_json_and_png(script, tmp_path: Path, capsys):
     assert dual['implementation'].startswith('dualformer_mm ')
     _check_environment(data['environment'])
     assert out_png.stat().st_size > 0
+    _assert_no_targets(stdout, data)
+
+
+def _assert_no_targets(stdout: str, data: dict) -> None:
+    """The scripts print ratios to Swin-T and judge none of them."""
+    assert not [line for line in stdout.splitlines() if line.startswith('target')], stdout
+    assert 'targets' not in data
 
 
 def test_resolution_scaling_writes_json_and_png(script, tmp_path: Path, capsys):
@@ -129,7 +136,7 @@ def test_resolution_scaling_writes_json_and_png(script, tmp_path: Path, capsys):
     assert second['time_ratio_over_pixel_ratio'] == pytest.approx(
         second['ms'] / first['ms'] / 1.5)
     assert first['time_exponent'] is None and isinstance(second['time_exponent'], float)
-    assert data['targets'] == []  # defined at 800x1280, which this run did not measure
+    _assert_no_targets(stdout, data)
     _check_environment(data['environment'])
     assert out_png.stat().st_size > 0
 
@@ -219,8 +226,7 @@ def bench():
 def test_train_step_writes_both_parts(tmp_path: Path):
     out_json, out_png = tmp_path / 'train.json', tmp_path / 'train.png'
     # The default detector models (DualFormer-S and Swin-T Mask R-CNNs from their configs) at
-    # a small image with few RoIs (the mask head's cost grows with them); DualFormer-S for the
-    # backbones too, so that its targets are printed.
+    # a small image with few RoIs (the mask head's cost grows with them).
     result = _run([TRAIN_STEP, '--models', 'dualformer-s', 'swin-t', '--batch', '2', '--size',
                    '32', '--det-size', '64x96', '--det-rois', '16', '--json', str(out_json),
                    '--png', str(out_png)] + TINY)
@@ -230,11 +236,8 @@ def test_train_step_writes_both_parts(tmp_path: Path):
     assert "Mask R-CNN training iteration at 64x96 (padded to 64x96), batch 2" in out
     assert "16 RoIs per image (not the configs' 512)" in out
     assert 'swin-t: mmpretrain 1.2.0' in out
-    # Printed, never asserted on: the run is not at the 224x224 batch 16 setting.
-    assert ('target dualformer-s training img/s >= 1.2x swin-t' in out
-            and 'target dualformer-s peak training memory <= 1.0x swin-t' in out
-            and 'not at the target setting, 224x224 batch 16 CPU fp32' in out)
     data = json.loads(out_json.read_text())
+    _assert_no_targets(out, data)
     assert data['benchmark'] == 'train_step' and data['parts'] == ['backbone', 'detector']
     _check_environment(data['environment'])
 
@@ -256,13 +259,6 @@ def test_train_step_writes_both_parts(tmp_path: Path):
     assert swin['ratio_to_swin_t'] == 1.0 and swin['memory_ratio_to_swin_t'] == 1.0
     assert dual['ratio_to_swin_t'] == pytest.approx(dual['img_per_s'] / swin['img_per_s'])
     assert dual['memory_ratio_to_swin_t'] == pytest.approx(dual['peak_mib'] / swin['peak_mib'])
-    targets = {(t['model'], t['metric']): t for t in data['targets']}
-    assert set(targets) == {('dualformer-s', 'img_per_s'), ('dualformer-s', 'peak_mib')}
-    assert targets['dualformer-s', 'img_per_s']['min_ratio'] == 1.2
-    assert targets['dualformer-s', 'peak_mib']['max_ratio'] == 1.0
-    for t in targets.values():
-        assert t['at_target_setting'] is False
-        assert t['ratio'] == pytest.approx(t['value'] / t['reference_value'])
 
     part = data['detector']
     assert (part['batch'], part['height'], part['width']) == (2, 64, 96)
@@ -511,24 +507,6 @@ def test_memory_state_counts_each_storage_once(bench):
     assert after == pytest.approx(3 * before, rel=0.01)
 
 
-def test_resolution_scaling_target_is_at_800x1280(bench):
-    scaling = bench.scaling
-    rows = [dict(model='dualformer-s', height=800, width=1280, ms=69.0, error=None),
-            dict(model='swin-t', height=800, width=1280, ms=100.0, error=None),
-            dict(model='dualformer-s', height=224, width=224, ms=200.0, error=None),
-            dict(model='swin-t', height=224, width=224, ms=100.0, error=None)]
-    (target, ) = scaling.check_targets(rows, batch=1, settings=_settings(bench))
-    assert (target['max_ratio'], target['ratio'], target['met']) == (0.7, 0.69, True)
-    assert target['at_target_setting'] is True
-    rows[0]['ms'] = 71.0
-    (target, ) = scaling.check_targets(rows, batch=2, settings=_settings(bench))
-    assert target['met'] is False and target['at_target_setting'] is False
-    assert bench.ratios.format_target(target, scaling.TARGET_SETTING_TEXT) == (
-        'target dualformer-s forward time at 800x1280 <= 0.7x swin-t: 0.71x, NOT met (this '
-        'run is not at the target setting, batch 1 CPU fp32)')
-    assert scaling.check_targets(rows[2:], batch=1, settings=_settings(bench)) == []
-
-
 def test_docstring_examples(bench):
     for module in (bench.errors, bench.zoo, bench.options, bench.measure, bench.ratios,
                    bench.detectors, bench.training):
@@ -548,11 +526,6 @@ def test_train_step_defaults_match_the_docs(bench, monkeypatch):
     assert args.det_models == ['dualformer-s', 'swin-t'] and args.det_rois is None
     assert (args.det_batch, args.det_size) == (2, (800, 1333))
     assert detectors.INSTANCES_PER_IMAGE == 7 and train_step.NUM_CLASSES == 1000
-    targets = {(t.model, t.metric): (t.comparison, t.bound) for t in train_step.TARGETS}
-    assert targets == {('dualformer-xs', 'img_per_s'): ('>=', 2.0),
-                       ('dualformer-s', 'img_per_s'): ('>=', 1.2),
-                       ('dualformer-s', 'peak_mib'): ('<=', 1.0)}
-    assert train_step.TARGET_SETTING == dict(size=224, batch=16, device='cpu', amp=False)
     for name in args.det_models:
         cfg = Config.fromfile(detectors.config_path(name, root=ROOT))
         sampler = cfg.model.train_cfg.rcnn.sampler

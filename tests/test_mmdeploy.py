@@ -68,6 +68,7 @@ def test_mends_follow_the_torch_version():
         'partition-scatters': True,
         'exact-adaptive-pool': True,
         'fx-wraps': compat.TORCH_VERSION >= (2, 1),
+        'layer-norm-opset18': True,
         'opset-check': True,
     }
     from torch.onnx import symbolic_opset9
@@ -225,6 +226,42 @@ def test_partition_scatters_mend(tmp_path):
             return
     got = onnx_export.session(prefix + '_without.onnx').run(None, {'input': x.numpy()})
     assert any(_differ(a, b.numpy()) for a, b in zip(got, module(x)))
+
+
+class _TokenNorm(nn.Module):
+    """Swin's LayerNorm over the channels of its tokens (N, H, W, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.norm.weight.normal_(1, 0.2, generator=gen)
+            self.norm.bias.normal_(0, 0.2, generator=gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+def test_layer_norm_opset18_mend(tmp_path):
+    module = _TokenNorm().eval()
+    x = torch.rand(1, 4, 6, 8, generator=torch.Generator().manual_seed(1)) * 4
+    with torch.no_grad():
+        want = module(x).numpy()
+    path = _mmdeploy_onnx(module, x, tmp_path, dynamic=False)
+    assert 'LayerNormalization' in onnx_export.op_types(path)
+    np.testing.assert_allclose(_run(path, x), want, atol=1e-5)
+    # Below opset 18 mmdeploy's own decomposition stays (ReduceMean takes axes as an
+    # attribute there).
+    path = _mmdeploy_onnx(module, x, tmp_path / 'opset17', dynamic=False, opset=17)
+    assert 'LayerNormalization' not in onnx_export.op_types(path)
+    assert 'ReduceMean' in onnx_export.op_types(path)
+    np.testing.assert_allclose(_run(path, x), want, atol=1e-5)
+    # Without the mend, mmdeploy's decomposition at opset 18 is no valid ONNX model.
+    with support.suspended('layer-norm-opset18'):
+        path = _mmdeploy_onnx(module, x, tmp_path / 'without', dynamic=False)
+    with pytest.raises(Exception, match='Unrecognized attribute: axes for operator ReduceMean'):
+        _run(path, x)
 
 
 def test_opset_check_names_the_deploy_config_setting(tmp_path):

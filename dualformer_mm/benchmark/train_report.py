@@ -4,7 +4,7 @@ iterations against Swin-T)."""
 import math
 from typing import Any, Dict, List, Optional
 
-from . import output, ratios
+from . import output
 from .zoo import REFERENCE_MODEL
 
 
@@ -28,9 +28,8 @@ def _warnings(rows: List[Dict[str, Any]]) -> None:
                   'those steps were cheaper than the others')
 
 
-def print_backbone_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
-                         header: str, target_setting_text: str) -> None:
-    """Print the backbone part as an aligned table, then the target checks."""
+def print_backbone_table(rows: List[Dict[str, Any]], header: str) -> None:
+    """Print the backbone part as an aligned table."""
     ref = f'x {REFERENCE_MODEL}'
     print(header)
     print(f'{"model":<15}{"params (M)":>11}{"ms/step":>10}{"img/s":>9}{ref:>10}'
@@ -47,8 +46,6 @@ def print_backbone_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any
     print('state: weights, buffers, AdamW moments and batch; step: the most one step '
           'allocates on top; peak = state + step')
     _warnings(rows)
-    for t in targets:
-        print(ratios.format_target(t, target_setting_text))
 
 
 def print_detector_table(rows: List[Dict[str, Any]], header: str) -> None:

@@ -32,6 +32,11 @@ registered only where that version needs it (the torch conditions are flags of
   mmdet's functions stay patched for the rest of the process). mmdeploy adds none of its own
   there (its copies of wrapped functions look them up as pairs), so its exit is patched to
   leave torch's registrations alone and restore the rewritten functions.
+* ``layer-norm-opset18`` (mmdeploy 1.3.1, backend ``onnxruntime``): mmdeploy's own
+  ``layer_norm`` translation (a decomposition for torch <= 1.12) writes ``ReduceMean`` with
+  ``axes`` as an attribute, which opset 18 made an input: a Swin-T (or any model with a
+  ``LayerNorm``) exported at opset 18 is an invalid ONNX file. At opset 18 and above it becomes
+  torch's own translation, one ``LayerNormalization`` (opset 17); below, mmdeploy's.
 * ``opset-check`` (every version): DualFormer needs ONNX opset 18 (``ScatterElements`` with
   ``reduction='max'``); mmdeploy's default is 11. A rewrite of ``DualFormer.forward`` raises
   an error naming ``onnx_config=dict(opset_version=18)`` below it, instead of an exporter
@@ -46,7 +51,7 @@ Example:
     >>> from dualformer_mm.deployment import mmdeploy_support
     >>> [m.name for m in mmdeploy_support.MENDS if m.active]  # doctest: +SKIP
     ['torchscript-exporter', 'cast-long', 'partition-scatters', 'exact-adaptive-pool',
-     'fx-wraps', 'opset-check']
+     'fx-wraps', 'layer-norm-opset18', 'opset-check']
 """
 import contextlib
 import importlib.util
@@ -165,6 +170,23 @@ def _exit_keeping_fx_wraps(self) -> None:
     _ORIGINAL_EXIT(self)
 
 
+# --- layer norm at opset 18 ------------------------------------------------------------------
+
+#: The first opset whose ``ReduceMean`` takes ``axes`` as an input, not an attribute.
+REDUCE_AXES_INPUT_OPSET = 18
+_LAYER_NORM_ARGS = ('v', 'is', 'v', 'v', 'f', 'i')
+
+
+def _layer_norm__opset18(g, input, normalized_shape, weight, bias, eps, cudnn_enable):
+    """``layer_norm`` as one ``LayerNormalization`` from opset 18 on, mmdeploy's below."""
+    if g.opset < REDUCE_AXES_INPUT_OPSET:
+        from mmdeploy.pytorch.symbolics.layer_norm import layer_norm__default
+        return layer_norm__default(g, input, normalized_shape, weight, bias, eps, cudnn_enable)
+    from torch.onnx import symbolic_opset17
+    return symbolic_opset17.layer_norm(g, input, normalized_shape, weight, bias, eps,
+                                       cudnn_enable)
+
+
 # --- opset ------------------------------------------------------------------------------------
 
 
@@ -219,6 +241,11 @@ MENDS: List[Mend] = [
          "torch >= 2.1 keeps torch.fx's wraps in a dict, which mmdeploy 1.3.1 pops as a list on "
          'leaving its rewriter context (KeyError: -1, rewrites left in place): its exit leaves '
          "torch's wraps alone", compat.FX_WRAPS_IN_A_DICT),
+    Mend('layer-norm-opset18',
+         "mmdeploy 1.3.1's layer_norm translation writes ReduceMean with an axes attribute, "
+         'which opset 18 made an input (an invalid file for Swin-T): from opset 18, torch\'s '
+         'LayerNormalization, for the onnxruntime backend',
+         True, ((_SYMBOLIC, 'layer_norm'), )),
     Mend('opset-check',
          f'DualFormer needs opset >= {OPSET}; mmdeploy defaults to 11: a clear error instead of '
          "the exporter's",
@@ -248,6 +275,9 @@ def _register() -> None:
     FUNCTION_REWRITER.register_rewriter(
         'torch.nn.functional.adaptive_avg_pool2d', backend='onnxruntime')(
             _adaptive_avg_pool2d__exact)
+    SYMBOLIC_REWRITER.register_symbolic(
+        'layer_norm', backend='onnxruntime', is_pytorch=True,
+        arg_descriptors=list(_LAYER_NORM_ARGS))(_layer_norm__opset18)
     FUNCTION_REWRITER.register_rewriter('dualformer_mm.DualFormer.forward')(
         _dualformer_forward__opset_check)
 
@@ -265,8 +295,8 @@ def suspended(*names: str) -> Iterator[None]:
 
     Args:
         *names (str): Names of :data:`MENDS` registered in mmdeploy's registries
-            (``'partition-scatters'``, ``'exact-adaptive-pool'``, ``'opset-check'``,
-            ``'torchscript-exporter'`` where active).
+            (``'partition-scatters'``, ``'exact-adaptive-pool'``, ``'layer-norm-opset18'``,
+            ``'opset-check'``, ``'torchscript-exporter'`` where active).
 
     Raises:
         ValueError: A name that is not a mend, or a mend that is not a registration here.
@@ -285,7 +315,7 @@ def suspended(*names: str) -> Iterator[None]:
     wanted = {fn for name in names for _, fn in _MENDS[name].registrations}
     own = (_torch_onnx_export__torchscript, _index_add__scatter_elements,
            _scatter_reduce__scatter_elements, _adaptive_avg_pool2d__exact,
-           _dualformer_forward__opset_check)
+           _layer_norm__opset18, _dualformer_forward__opset_check)
     try:
         for name in names:
             for kind, function in _MENDS[name].registrations:

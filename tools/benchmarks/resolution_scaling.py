@@ -26,8 +26,7 @@ mmpretrain's Swin only takes inputs whose feature maps tile into its 7x7 windows
 PVTv2 and DualFormer take any size. Where mmpretrain does not import, Swin-T and ConvNeXt-T
 come from timm (``--peer-source``, printed), whose Swin pads to its windows.
 
-The project's target, at 800x1280, batch 1, on CPU in fp32: DualFormer-S's forward takes at
-most 0.7x Swin-T's time. The script prints it when both models ran at that size.
+The script prints every forward time over Swin-T's at the same size in the same run.
 
 Example:
     python tools/benchmarks/resolution_scaling.py               # defaults, minutes on CPU
@@ -44,16 +43,10 @@ from dualformer_mm.benchmark import options, output, ratios
 from dualformer_mm.benchmark.errors import run_main
 from dualformer_mm.benchmark.measure import median, peak_memory_all, time_interleaved
 from dualformer_mm.benchmark.options import Settings, parse_size
-from dualformer_mm.benchmark.ratios import Target
 from dualformer_mm.benchmark.zoo import REFERENCE_MODEL
 
 DEFAULT_MODELS = ['dualformer-s', 'swin-t', 'pvtv2-b2']
 DEFAULT_SIZES = ['224x224', '512x512', '800x1280', '1024x2048']
-# Maximum forward-time ratio to Swin-T, at the size, batch and device it is defined at.
-TARGETS = (Target('dualformer-s', 'ms', '<=', 0.7, 'forward time at 800x1280'),)
-TARGET_SIZE = (800, 1280)
-TARGET_SETTING = dict(batch=1, device='cpu', amp=False)
-TARGET_SETTING_TEXT = 'batch 1 CPU fp32'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -137,25 +130,6 @@ def measure(names: Sequence[str], sizes: Sequence[Tuple[int, int]], batch: int,
     return rows
 
 
-def check_targets(rows: List[Dict[str, Any]], batch: int,
-                  settings: Settings) -> List[Dict[str, Any]]:
-    """The project's 800x1280 target, when this run measured that size.
-
-    Args:
-        rows (List[Dict]): Output of :func:`measure`.
-        batch (int): Batch of the run.
-        settings (Settings): Run options.
-
-    Returns:
-        List[Dict[str, Any]]: See :func:`dualformer_mm.benchmark.ratios.evaluate_targets`
-        (``max_ratio``, ``ratio`` of the forward times, ``met``, ``at_target_setting``: batch
-        1, CPU, fp32).
-    """
-    at_size = [r for r in rows if (r['height'], r['width']) == TARGET_SIZE]
-    at_setting = ratios.at_target_setting(TARGET_SETTING, settings, batch=batch)
-    return ratios.evaluate_targets(at_size, TARGETS, at_setting)
-
-
 def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
     """Format a number, or '-' when it is missing."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -163,9 +137,8 @@ def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
     return f'{value:{spec}}{suffix}'
 
 
-def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
-                header: str) -> None:
-    """Print the results as an aligned table, one block per model, then the targets."""
+def print_table(rows: List[Dict[str, Any]], header: str) -> None:
+    """Print the results as an aligned table, one block per model."""
     print(header)
     print(f'{"model":<14}{"size":>11}{"Mpixels":>9}{"ms":>10}{"peak MiB":>10}'
           f'{"x " + REFERENCE_MODEL:>9}{"t/px":>7}{"exp":>6}')
@@ -184,8 +157,6 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
               f'{_fmt(r["time_exponent"], ".2f"):>6}')
     print('t/px: time ratio over pixel ratio from the smallest size (1 = linear); '
           'exp: log-log slope of time against pixels')
-    for t in targets:
-        print(ratios.format_target(t, TARGET_SETTING_TEXT))
 
 
 def plot(rows: List[Dict[str, Any]], path: str, title: str) -> None:
@@ -235,11 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'interleaved rounds; {output.describe_settings(settings)}')
     print(f'building {", ".join(names)} ...', flush=True)
     rows = measure(names, args.sizes, args.batch, settings)
-    targets = check_targets(rows, args.batch, settings)
-    print_table(rows, targets, header)
+    print_table(rows, header)
     output.write_outputs(
         args, dict(benchmark='resolution_scaling', batch=args.batch,
-                   sizes=[f'{h}x{w}' for h, w in args.sizes], rows=rows, targets=targets,
+                   sizes=[f'{h}x{w}' for h, w in args.sizes], rows=rows,
                    environment=output.describe_environment(settings)),
         lambda path: plot(rows, path, f'Backbone cost against input size, batch {args.batch}; '
                           f'{output.describe_settings(settings)}'))

@@ -16,9 +16,7 @@ V100 figures.
 Swin-T and ConvNeXt-T come from mmpretrain, or from timm where mmpretrain does not import
 (``--peer-source``); the script prints which. Training speed is ``train_step.py``'s.
 
-The project's targets, at 224x224, batch 32, on CPU in fp32: DualFormer-XS at least 1.5x
-and DualFormer-S at least 1.1x the throughput of Swin-T. The script prints the ratio to
-Swin-T of every model and checks the targets when both models were measured.
+The script prints the ratio of every model's images/s to Swin-T's in the same run.
 
 Example:
     python tools/benchmarks/throughput.py                       # all models, 224, batch 32
@@ -34,15 +32,9 @@ from dualformer_mm.benchmark import options, output, ratios
 from dualformer_mm.benchmark.errors import run_main
 from dualformer_mm.benchmark.measure import median, time_interleaved
 from dualformer_mm.benchmark.options import Settings
-from dualformer_mm.benchmark.ratios import Target
 from dualformer_mm.benchmark.zoo import MODEL_ZOO, REFERENCE_MODEL
 
 DEFAULT_MODELS = list(MODEL_ZOO)
-# Minimum throughput ratios to Swin-T, and the setting the targets are defined at.
-TARGETS = (Target('dualformer-xs', 'img_per_s', '>=', 1.5),
-           Target('dualformer-s', 'img_per_s', '>=', 1.1))
-TARGET_SETTING = dict(size=224, batch=32, device='cpu', amp=False)
-TARGET_SETTING_TEXT = '224x224 batch 32 CPU fp32'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -92,29 +84,8 @@ def measure(names: Sequence[str], batch: int, size: int, settings: Settings
     return rows
 
 
-def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
-                  settings: Settings) -> List[Dict[str, Any]]:
-    """The project's throughput targets that this run can evaluate.
-
-    Args:
-        rows (List[Dict]): Output of :func:`measure`.
-        batch (int): Batch of the run.
-        size (int): Input side of the run.
-        settings (Settings): Run options.
-
-    Returns:
-        List[Dict[str, Any]]: See :func:`dualformer_mm.benchmark.ratios.evaluate_targets`:
-        ``model``, ``reference``, ``min_ratio``, ``ratio``, ``met``, and ``at_target_setting``
-        (False when the run differs from 224x224 batch 32 CPU fp32, where the targets are
-        defined).
-    """
-    at_setting = ratios.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
-    return ratios.evaluate_targets(rows, TARGETS, at_setting)
-
-
-def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
-                header: str) -> None:
-    """Print the results as an aligned table, then the target checks."""
+def print_table(rows: List[Dict[str, Any]], header: str) -> None:
+    """Print the results as an aligned table."""
     print(header)
     print(f'{"model":<15}{"params (M)":>11}{"ms/batch":>11}{"img/s":>10}'
           f'{"x " + REFERENCE_MODEL:>10}')
@@ -125,8 +96,6 @@ def print_table(rows: List[Dict[str, Any]], targets: List[Dict[str, Any]],
         ratio = f'{r["ratio_to_swin_t"]:.2f}x' if r['ratio_to_swin_t'] is not None else '-'
         print(f'{r["model"]:<15}{r["params_m"]:>11.1f}{r["ms_per_batch"]:>11.1f}'
               f'{r["img_per_s"]:>10.1f}{ratio:>10}')
-    for t in targets:
-        print(ratios.format_target(t, TARGET_SETTING_TEXT))
 
 
 def plot(rows: List[Dict[str, Any]], path: str, title: str) -> None:
@@ -159,11 +128,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'{settings.repeat} interleaved rounds; {output.describe_settings(settings)}')
     print(f'building {", ".join(names)} ...', flush=True)
     rows = measure(names, args.batch, args.size, settings)
-    targets = check_targets(rows, args.batch, args.size, settings)
-    print_table(rows, targets, header)
+    print_table(rows, header)
     output.write_outputs(
         args, dict(benchmark='throughput', batch=args.batch, size=args.size, rows=rows,
-                   targets=targets, environment=output.describe_environment(settings)),
+                   environment=output.describe_environment(settings)),
         lambda path: plot(rows, path, f'Backbone throughput, {args.size}x{args.size} batch '
                           f'{args.batch}\n{output.describe_settings(settings)}'))
     return 1 if all(r['error'] for r in rows) else 0

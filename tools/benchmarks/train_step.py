@@ -44,9 +44,8 @@ On CPU the detector part runs in fp32 only: mmcv's CPU ops (the RPN's nms) rejec
 Swin-T and ConvNeXt-T of the backbone part come from mmpretrain, or from timm where
 mmpretrain does not import (``--peer-source``); the Mask R-CNNs need mmdet.
 
-The project's targets, on CPU in fp32 at 224x224, batch 16: DualFormer-XS at least 2.0x and
-DualFormer-S at least 1.2x Swin-T's training images/s, and DualFormer-S's peak training memory
-at most Swin-T's. The script prints them when the models were measured.
+The script prints every model's training images/s and peak memory over Swin-T's in the same
+run.
 
 Example:
     python tools/benchmarks/train_step.py --threads 2        # both parts, the defaults
@@ -69,7 +68,6 @@ from dualformer_mm.benchmark.errors import run_main
 from dualformer_mm.benchmark.measure import (median, peak_memory_all, state_mib,
                                              time_interleaved, training_state)
 from dualformer_mm.benchmark.options import Settings, autocast_context, parse_size
-from dualformer_mm.benchmark.ratios import Target
 from dualformer_mm.benchmark.training import (NUM_CLASSES, LinearClassifier, TrainStep,
                                               settle_all)
 from dualformer_mm.benchmark.zoo import (MODEL_ZOO, REFERENCE_MODEL, build_model, count_params,
@@ -80,12 +78,6 @@ PARTS = ('backbone', 'detector')
 DEFAULT_MODELS = list(MODEL_ZOO)
 LR, WEIGHT_DECAY = 1e-3, 0.05  # AdamW of the backbone part (the value does not change speed)
 DEFAULT_DET_MODELS = ['dualformer-s', 'swin-t']
-# Training images/s and peak memory against Swin-T, and the setting they are defined at.
-TARGETS = (Target('dualformer-xs', 'img_per_s', '>=', 2.0, 'training img/s'),
-           Target('dualformer-s', 'img_per_s', '>=', 1.2, 'training img/s'),
-           Target('dualformer-s', 'peak_mib', '<=', 1.0, 'peak training memory'))
-TARGET_SETTING = dict(size=224, batch=16, device='cpu', amp=False)
-TARGET_SETTING_TEXT = '224x224 batch 16 CPU fp32'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -303,24 +295,6 @@ def measure_detectors(names: Sequence[str], batch: int, height: int, width: int,
     return rows_list
 
 
-def check_targets(rows: List[Dict[str, Any]], batch: int, size: int,
-                  settings: Settings) -> List[Dict[str, Any]]:
-    """The project's training targets that this run can evaluate (backbone part).
-
-    Args:
-        rows (List[Dict]): Output of :func:`measure_backbones`.
-        batch (int): Batch of the run.
-        size (int): Input side of the run.
-        settings (Settings): Run options.
-
-    Returns:
-        List[Dict[str, Any]]: See :func:`_ratios.evaluate_targets`; ``at_target_setting`` is
-        False unless the run is at 224x224 batch 16 on CPU in fp32.
-    """
-    at_setting = ratios.at_target_setting(TARGET_SETTING, settings, size=size, batch=batch)
-    return ratios.evaluate_targets(rows, TARGETS, at_setting)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Measure, print, and write the requested outputs; returns the exit status."""
     args = parse_args(argv)
@@ -334,17 +308,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in args.det_models:
             detectors.config_path(name, root=ROOT)
     backbone_rows = detector_rows = None
-    targets: List[Dict[str, Any]] = []
     if 'backbone' in args.parts:
         names = list(dict.fromkeys(args.models))
         print(f'building {", ".join(names)} with a linear head ...', flush=True)
         backbone_rows = measure_backbones(names, args.batch, args.size, settings)
-        targets = check_targets(backbone_rows, args.batch, args.size, settings)
         train_report.print_backbone_table(
-            backbone_rows, targets,
+            backbone_rows,
             f'training step at {args.size}x{args.size}, batch {args.batch}: linear head, '
-            f'cross-entropy, AdamW; median of {settings.repeat} interleaved rounds; {describe}',
-            TARGET_SETTING_TEXT)
+            f'cross-entropy, AdamW; median of {settings.repeat} interleaved rounds; {describe}')
     if 'detector' in args.parts:
         names = list(dict.fromkeys(args.det_models))
         print(f'building Mask R-CNN with {", ".join(names)} ...', flush=True)
@@ -377,7 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             batch=args.det_batch, height=det_height, width=det_width,
             instances_per_image=INSTANCES_PER_IMAGE, rois_per_image=args.det_rois,
             rows=detector_rows),
-        targets=targets, environment=output.describe_environment(settings))
+        environment=output.describe_environment(settings))
     output.write_outputs(args, payload,
                          lambda path: train_report.plot(backbone_rows, detector_rows, path,
                                            f'Training speed; {describe}'))

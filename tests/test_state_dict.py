@@ -220,7 +220,7 @@ def test_checkpoint_saved_by_the_layout_1_code(tmp_path):
     result = subprocess.run([sys.executable, '-c', LAYOUT_1_SCRIPT, str(saved)], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    old = torch.load(saved, weights_only=False)
+    old = torch.load(saved, weights_only=True)
     assert any('.bn.' in key for key in old['state_dict'])  # the old names, as saved
     assert 'stages.3.blocks.0.attn.to_spatial.weight' in old['state_dict']
     model = DualFormer(arch=TINY_ARCH).double().eval()

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dualformer_mm import compat
+from dualformer_mm.benchmark.deployed import box_iou
 from dualformer_mm.deployment import DeploymentError, onnx_export
 from dualformer_mm.deployment.partitions import partition_statistics
 from tests.utils import ROOT
@@ -319,15 +320,6 @@ def _rewritten(model: nn.Module, deploy_cfg, inputs: torch.Tensor, samples):
         return patched(inputs, copy.deepcopy(samples), mode='predict')
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), x1y1x2y2."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
 # Two detections are alike when they differ by rounding: boxes (coordinates up to 500) by IoU,
 # scores, and pasted masks up to the pixels whose probability is within rounding of 0.5.
 ALIKE = dict(iou=0.999, score=1e-4, mask_iou=0.98)
@@ -345,7 +337,7 @@ def match_instances(ref, got) -> Dict[str, float]:
         ``min_mask_iou``.
     """
     boxes_r, boxes_g = ref.bboxes.numpy(), got.bboxes.numpy()
-    iou = _box_iou(boxes_r, boxes_g) if len(boxes_r) and len(boxes_g) else \
+    iou = box_iou(boxes_r, boxes_g) if len(boxes_r) and len(boxes_g) else \
         np.zeros((len(boxes_r), len(boxes_g)))
     iou[ref.labels.numpy()[:, None] != got.labels.numpy()[None, :]] = 0
     taken, ious, score_diffs, mask_ious = set(), [], [], []
